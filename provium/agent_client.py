@@ -1,0 +1,107 @@
+"""The host end of the agent connection: requests, replies, events, deadlines.
+
+Requests are synchronous: send a frame, read frames until the final reply with
+the request's id arrives or the deadline passes. Partial replies are merged as
+docs/protocol.md says; replies to requests nobody waits for any more (they
+timed out) and hello events are skipped.
+"""
+
+import socket
+import time
+
+from . import protocol
+from .errors import AgentError, DeadlineError, ProtocolError
+
+
+class ConnectionLost(ProtocolError):
+    """The other end closed the connection (QEMU exited or the agent died)."""
+
+
+class AgentClient:
+    def __init__(self, sock):
+        self._sock = sock
+        self._decoder = protocol.FrameDecoder()
+        self._frames = []
+        self._next_id = 1
+        self.agent_name = None
+
+    def close(self):
+        self._sock.close()
+
+    def _send(self, channel, message):
+        try:
+            self._sock.sendall(protocol.encode(channel, message))
+        except OSError as exc:
+            raise ConnectionLost(f"agent connection lost while sending: {exc.strerror or exc}") from None
+
+    def _next_frame(self, deadline, what):
+        while not self._frames:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineError(f"{what} did not answer within the deadline")
+            self._sock.settimeout(remaining)
+            try:
+                data = self._sock.recv(1 << 20)
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                raise ConnectionLost(f"agent connection lost: {exc.strerror or exc}") from None
+            if not data:
+                raise ConnectionLost("agent connection closed")
+            self._frames.extend(self._decoder.feed(data))
+        return self._frames.pop(0)
+
+    def wait_hello(self, timeout):
+        """Wait for the agent's hello event (cold boot)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            channel, message = self._next_frame(deadline, "the agent's hello")
+            if channel == protocol.ROUTER_CHANNEL and message.get("event") == "hello":
+                return message
+
+    def handshake(self, timeout):
+        """Exchange protocol versions; ProtocolError when they differ."""
+        reply = self.request(protocol.ROUTER_CHANNEL, "hello", timeout, proto=protocol.PROTO_VERSION)
+        if reply.get("proto") != protocol.PROTO_VERSION:
+            raise ProtocolError(f"agent speaks protocol {reply.get('proto')!r}, "
+                                f"provium speaks {protocol.PROTO_VERSION}")
+        self.agent_name = reply.get("agent")
+        return reply
+
+    def request(self, channel, op, timeout, **fields):
+        """Send op on channel and return its merged reply; AgentError on an error reply."""
+        request_id = self._next_id
+        self._next_id += 1
+        self._send(channel, {"id": request_id, "op": op, **fields})
+        deadline = time.monotonic() + timeout
+        merged, total = {}, 0
+        while True:
+            frame_channel, message = self._next_frame(deadline, f"op {op!r}")
+            if "event" in message:
+                self._on_event(frame_channel, message, channel, op)
+                continue
+            if message.get("id") != request_id or frame_channel != channel:
+                continue  # a late reply to a request that timed out
+            for key, value in message.items():
+                if isinstance(value, bytes):
+                    total += len(value)
+                    if total > protocol.MAX_REPLY_BYTES:
+                        raise ProtocolError(f"op {op!r}: reply exceeds {protocol.MAX_REPLY_BYTES} bytes")
+                    merged.setdefault(key, []).append(value)
+            if message.get("more"):
+                continue
+            if "error" in message:
+                raise AgentError(str(message["error"]), message.get("errno"))
+            return {**message, **{key: b"".join(parts) for key, parts in merged.items()}}
+
+    @staticmethod
+    def _on_event(frame_channel, message, channel, op):
+        event = message.get("event")
+        if frame_channel != channel or event == "hello":
+            return
+        if event == "worker_exit":
+            detail = (f"signal {message['signal']}" if "signal" in message
+                      else f"exit status {message.get('code')}")
+            raise AgentError(f"op {op!r}: the guest process serving it died ({detail})")
+        if event == "error":
+            raise ProtocolError(f"op {op!r}: the agent could not decode the request: {message.get('message')}")

@@ -1,0 +1,201 @@
+"""Suite root discovery, provium.toml parsing and profile validation.
+
+A profile names the kernel and the guest's shape. The built-in profile
+`minimal` needs no file at all; provium.toml may override it and add more.
+Every error here is a ConfigError with a one-line message naming the file,
+the profile and the key.
+"""
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+CONFIG_NAME = "provium.toml"
+BUILTIN_PROFILE = "minimal"
+DEFAULT_MEMORY = "512M"
+DEFAULT_CPUS = 1
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_PROFILE_KEYS = {
+    "kernel": str,
+    "initrd": str,
+    "modules_dir": str,
+    "cmdline": str,
+    "memory": str,
+    "cpus": int,
+    "modules": list,
+}
+
+
+def parse_memory(value, what="memory"):
+    """Mebibytes in a size such as "512M" or "1G"; ConfigError otherwise."""
+    match = _SIZE.match(str(value)) if isinstance(value, str) else None
+    if not match:
+        raise ConfigError(f"{what} {value!r} is not a size like \"512M\" or \"1G\"")
+    number, unit = int(match.group(1)), match.group(2).upper()
+    mib = {"K": number / 1024, "": number / (1024 * 1024), "M": number,
+           "G": number * 1024, "T": number * 1024 * 1024}[unit]
+    if mib < 64 or mib != int(mib):
+        raise ConfigError(f"{what} {value!r} must be a whole number of MiB, at least 64M")
+    return int(mib)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated profile: where the kernel is and how the guest looks."""
+
+    name: str
+    kernel: Path
+    initrd: Path | None
+    modules_dir: Path | None
+    cmdline: str
+    memory_mib: int
+    cpus: int
+    modules: tuple = ()
+    source: str = "built-in"
+
+
+@dataclass
+class Config:
+    """The suite's configuration: its root and its profiles."""
+
+    root: Path
+    path: Path | None
+    raw_profiles: dict = field(default_factory=dict)
+
+    def profile_names(self):
+        return sorted({BUILTIN_PROFILE, *self.raw_profiles})
+
+    def profile(self, name):
+        """The validated profile `name`; ConfigError naming the known ones."""
+        if not isinstance(name, str) or (name != BUILTIN_PROFILE and name not in self.raw_profiles):
+            known = ", ".join(self.profile_names())
+            raise ConfigError(f"unknown profile {name!r} (known: {known})")
+        return _build_profile(name, self.raw_profiles.get(name, {}), self)
+
+
+def find_root(start=None):
+    """The nearest directory from `start` upward holding provium.toml, else `start`."""
+    start = Path(start or os.getcwd()).resolve()
+    for directory in (start, *start.parents):
+        if (directory / CONFIG_NAME).is_file():
+            return directory
+    return start
+
+
+def load(start=None):
+    """The configuration of the suite that contains `start` (default: cwd)."""
+    root = find_root(start)
+    path = root / CONFIG_NAME
+    if not path.is_file():
+        return Config(root=root, path=None)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: syntax error: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    unknown = sorted(set(data) - {"profiles"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} (allowed: profiles)")
+    profiles = data.get("profiles", {})
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{path}: 'profiles' must be a table of [profiles.NAME] tables")
+    config = Config(root=root, path=path, raw_profiles=profiles)
+    for name, table in profiles.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: profile {name!r} must be a table")
+        _check_keys(name, table, config)
+    return config
+
+
+def _where(config, name, key=None):
+    origin = str(config.path) if config.path and name in config.raw_profiles else "built-in"
+    return f"{origin}: profile {name!r}" + (f": key {key!r}" if key else "")
+
+
+def _check_keys(name, table, config):
+    for key, value in table.items():
+        expected = _PROFILE_KEYS.get(key)
+        if expected is None:
+            allowed = ", ".join(sorted(_PROFILE_KEYS))
+            raise ConfigError(f"{_where(config, name, key)}: unknown key (allowed: {allowed})")
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise ConfigError(
+                f"{_where(config, name, key)}: must be {'a list' if expected is list else 'an integer' if expected is int else 'a string'}, "
+                f"not {type(value).__name__}")
+    for module in table.get("modules", []):
+        if not isinstance(module, str) or not module:
+            raise ConfigError(f"{_where(config, name, 'modules')}: entries must be module names")
+
+
+def newest_host_kernel(boot="/boot", modules_root="/lib/modules"):
+    """The newest /boot/vmlinuz-VERSION that has /lib/modules/VERSION, or None."""
+    candidates = []
+    for path in glob.glob(os.path.join(boot, "vmlinuz-*")):
+        version = os.path.basename(path)[len("vmlinuz-"):]
+        if os.path.isdir(os.path.join(modules_root, version)):
+            candidates.append((_version_key(version), path, version))
+    if not candidates:
+        return None
+    _, path, version = max(candidates)
+    return Path(path), Path(modules_root) / version
+
+
+def _version_key(version):
+    return [int(part) if part.isdigit() else part for part in re.split(r"[.\-+~]", version)]
+
+
+def _resolve(config, value):
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else config.root / path
+
+
+def _build_profile(name, table, config):
+    if "kernel" in table:
+        kernel = _resolve(config, table["kernel"])
+        modules_dir = None
+    else:
+        found = newest_host_kernel()
+        if found is None:
+            raise ConfigError(
+                f"{_where(config, name)}: no kernel: no /boot/vmlinuz-VERSION with a matching "
+                f"/lib/modules/VERSION (install linux-image-amd64, or set 'kernel')")
+        kernel, modules_dir = found
+    if not kernel.is_file():
+        raise ConfigError(f"{_where(config, name, 'kernel')}: file not found: {kernel}")
+    if not os.access(kernel, os.R_OK):
+        raise ConfigError(
+            f"{_where(config, name, 'kernel')}: {kernel} is not readable by this user "
+            f"(Debian and Ubuntu install it mode 0600: sudo chmod 0644 {kernel})")
+    if "modules_dir" in table:
+        modules_dir = _resolve(config, table["modules_dir"])
+        if not modules_dir.is_dir():
+            raise ConfigError(f"{_where(config, name, 'modules_dir')}: directory not found: {modules_dir}")
+    initrd = None
+    if "initrd" in table:
+        initrd = _resolve(config, table["initrd"])
+        if not initrd.is_file():
+            raise ConfigError(f"{_where(config, name, 'initrd')}: file not found: {initrd}")
+    try:
+        memory = parse_memory(table.get("memory", DEFAULT_MEMORY))
+    except ConfigError as exc:
+        raise ConfigError(f"{_where(config, name, 'memory')}: {exc}") from None
+    cpus = table.get("cpus", DEFAULT_CPUS)
+    if not 1 <= cpus <= 64:
+        raise ConfigError(f"{_where(config, name, 'cpus')}: must be between 1 and 64, not {cpus}")
+    return Profile(
+        name=name, kernel=kernel, initrd=initrd, modules_dir=modules_dir,
+        cmdline=table.get("cmdline", ""), memory_mib=memory, cpus=cpus,
+        modules=tuple(table.get("modules", ())),
+        source=str(config.path) if name in config.raw_profiles else "built-in",
+    )

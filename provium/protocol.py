@@ -1,0 +1,77 @@
+"""The agent wire protocol: frame layout, limits, encoding and decoding.
+
+docs/protocol.md is the definition; this module is its one Python
+implementation and agent/proto.h follows the same numbers.
+"""
+
+import struct
+
+import msgpack
+
+from .errors import ProtocolError
+
+PROTO_VERSION = 1
+MAGIC = b"PV"
+HEADER = struct.Struct("<2sHI")
+HEADER_SIZE = HEADER.size
+MAX_PAYLOAD = 2 * 1024 * 1024
+CHUNK = 1024 * 1024
+MAX_REPLY_BYTES = 256 * 1024 * 1024
+
+ROUTER_CHANNEL = 0
+MAIN_CHANNEL = 1
+
+
+def encode(channel, message):
+    """One frame carrying `message` (a dict) on `channel`."""
+    payload = msgpack.packb(message, use_bin_type=True)
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"frame of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit")
+    return HEADER.pack(MAGIC, channel, len(payload)) + payload
+
+
+def decode_header(header):
+    """(channel, length) of an 8-byte header; ProtocolError if it is invalid."""
+    magic, channel, length = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad frame magic {magic!r} (expected {MAGIC!r})")
+    if not 1 <= length <= MAX_PAYLOAD:
+        raise ProtocolError(f"frame length {length} outside 1..{MAX_PAYLOAD}")
+    return channel, length
+
+
+def decode_payload(payload):
+    """The message map of a frame payload; ProtocolError if it is not one."""
+    try:
+        message = msgpack.unpackb(
+            payload, raw=False, strict_map_key=True, max_bin_len=MAX_PAYLOAD,
+            max_str_len=MAX_PAYLOAD, max_array_len=65536, max_map_len=65536,
+        )
+    except Exception as exc:  # msgpack raises many unrelated types on garbage
+        raise ProtocolError(f"undecodable frame payload: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"frame payload is a {type(message).__name__}, not a map")
+    return message
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, collect (channel, message) pairs.
+
+    Memory is bounded by one header plus MAX_PAYLOAD; anything malformed
+    raises ProtocolError (the host does not resynchronise).
+    """
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def feed(self, data):
+        self._buf += data
+        frames = []
+        while len(self._buf) >= HEADER_SIZE:
+            channel, length = decode_header(bytes(self._buf[:HEADER_SIZE]))
+            end = HEADER_SIZE + length
+            if len(self._buf) < end:
+                break
+            frames.append((channel, decode_payload(bytes(self._buf[HEADER_SIZE:end]))))
+            del self._buf[:end]
+        return frames

@@ -1,0 +1,203 @@
+"""One QEMU process: its command line, its life, its QMP monitor and console log.
+
+The fastest reliable configuration measured on TCG hosts (docs in
+../shared/DESIGN.md and the README): microvm, PVH boot of the uncompressed
+vmlinux, a trimmed kernel command line and the host TSC frequency handed to the
+guest. QEMU connects to two unix sockets this module listens on: the QMP
+monitor (through qemu.qmp) and the agent's virtio-serial port.
+
+QEMU never outlives the harness: it is started through `setpriv --pdeathsig
+KILL` (the kernel kills it when the thread that started it dies, SIGKILL of
+provium included), in its own process group, and every live machine is killed
+at interpreter exit.
+"""
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .errors import ConfigError, QemuError
+
+QEMU_BINARY = "qemu-system-x86_64"
+
+# Each entry was measured to shorten a TCG boot (see the README's Performance section).
+FAST_CMDLINE = (
+    "quiet cryptomgr.notests rodata=off mitigations=off init_on_alloc=0 no_timer_check "
+    "ipv6.disable=1 pnpacpi=off 8250.nr_uarts=1 audit=0 "
+    "initcall_blacklist=crypto_kdf108_init,init_kprobe_trace,cubictcp_register,"
+    "tcp_congestion_default,bpf_rstat_kfunc_init,bpf_key_sig_kfuncs_init,kfunc_init,"
+    "bpf_prog_test_run_init,init_trace_printk_function_export,init_blk_tracer,"
+    "load_system_certificate_list,init_graph_tracefs,init_encrypted,snapshot_device_init,"
+    "vga_arb_device_init,ged_driver_init,blake2s_mod_init,acpi_thermal_init,cxl_core_init,"
+    "bpf_tcp_ca_kfunc_init"
+)
+
+_live = set()
+_live_lock = threading.Lock()
+
+
+def find_qemu():
+    path = shutil.which(QEMU_BINARY)
+    if path is None:
+        raise ConfigError(f"{QEMU_BINARY} not found (install it: apt-get install qemu-system-x86)")
+    return path
+
+
+def kvm_unusable_reason():
+    """Why KVM cannot be used here, or None when it can.
+
+    An openable /dev/kvm is not enough: nested guests without vmx/svm in the
+    CPU flags hang, so the flags are checked too.
+    """
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR))
+    except OSError as exc:
+        return f"/dev/kvm: {exc.strerror}"
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    if "vmx" not in flags and "svm" not in flags:
+        return "the CPU has no vmx/svm flag (nested virtualization without hardware support)"
+    return None
+
+
+def choose_accel():
+    """("kvm"|"tcg", notice or None); PROVIUM_ACCEL=kvm|tcg overrides the probe."""
+    forced = os.environ.get("PROVIUM_ACCEL")
+    if forced:
+        if forced not in ("kvm", "tcg"):
+            raise ConfigError(f"PROVIUM_ACCEL={forced!r}: must be 'kvm' or 'tcg'")
+        return forced, None
+    reason = kvm_unusable_reason()
+    if reason:
+        return "tcg", f"KVM not used: {reason}; running under TCG"
+    return "kvm", None
+
+
+def kernel_cmdline(accel, tsc_khz, extra=""):
+    words = ["console=ttyS0", "panic=-1", FAST_CMDLINE]
+    if accel == "tcg":
+        # microvm under TCG hangs in most boots without these: the guest TSC is the host's.
+        words.append(f"tsc_early_khz={tsc_khz} tsc=reliable")
+    if extra:
+        words.append(extra)
+    return " ".join(words)
+
+
+class QemuMachine:
+    """A QEMU process booting `vmlinux` + `initrd` on a microvm machine."""
+
+    def __init__(self, *, vmlinux, initrd, cmdline, memory_mib, cpus, accel, name="vm"):
+        self.name = name
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"provium-{name}-"))
+        self.console_path = self.workdir / "console.log"
+        self.agent_path = self.workdir / "agent.sock"
+        self.qmp_path = self.workdir / "qmp.sock"
+        self._stderr_path = self.workdir / "qemu.stderr"
+        self.args = [
+            find_qemu(), "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-machine", f"microvm,accel={accel}",
+            "-m", str(memory_mib), "-smp", str(cpus),
+            "-kernel", str(vmlinux), "-initrd", str(initrd), "-append", cmdline,
+            "-chardev", f"file,id=console,path={self.console_path}", "-serial", "chardev:console",
+            "-chardev", f"socket,id=agent,path={self.agent_path}",
+            "-device", "virtio-serial-device",
+            "-device", "virtserialport,chardev=agent,name=provium.agent",
+            "-chardev", f"socket,id=qmp,path={self.qmp_path}", "-mon", "chardev=qmp,mode=control",
+        ]
+        self.process = None
+        self.qmp = None
+
+    def launch(self, timeout):
+        """Start QEMU; returns the connected agent socket. QemuError on failure."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(self.agent_path))
+        listener.listen(1)
+        try:
+            self.qmp = QEMUMonitorProtocol(str(self.qmp_path), server=True)
+            with open(self._stderr_path, "wb") as stderr:
+                self.process = subprocess.Popen(
+                    ["setpriv", "--pdeathsig", "KILL", "--", *self.args],
+                    stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, process_group=0)
+            with _live_lock:
+                _live.add(self)
+            deadline = time.monotonic() + timeout
+            listener.settimeout(0.05)
+            while True:
+                try:
+                    agent, _ = listener.accept()
+                    break
+                except socket.timeout:
+                    if self.process.poll() is not None:
+                        raise QemuError(f"QEMU exited at start: {self.stderr_text() or 'no output'}") from None
+                    if time.monotonic() > deadline:
+                        raise QemuError(f"QEMU did not connect to the agent socket within {timeout:.0f} s") from None
+            self.qmp.accept(timeout=max(0.1, deadline - time.monotonic()))
+            agent.setblocking(True)
+            return agent
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            listener.close()
+
+    def stderr_text(self):
+        try:
+            return " ".join(self._stderr_path.read_text(errors="replace").split())[-500:]
+        except OSError:
+            return ""
+
+    def console_text(self):
+        try:
+            return self.console_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def returncode(self):
+        return None if self.process is None else self.process.poll()
+
+    def wait(self, timeout):
+        """True when QEMU has exited within `timeout` seconds."""
+        try:
+            self.process.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def kill(self):
+        """Kill QEMU at once and remove its files. Safe to call repeatedly."""
+        if self.qmp is not None:
+            try:
+                self.qmp.close()
+            except Exception:  # the monitor may already be gone with QEMU
+                pass
+            self.qmp = None
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+        with _live_lock:
+            _live.discard(self)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def kill_all():
+    """Kill every QEMU this process started (signal handlers, atexit)."""
+    with _live_lock:
+        machines = list(_live)
+    for machine in machines:
+        machine.kill()
+
+
+atexit.register(kill_all)

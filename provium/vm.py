@@ -1,0 +1,179 @@
+"""The Python core of a guest: boot it, run ops in it, shut it down.
+
+This layer knows nothing of Lua: the Lua binding, the runner and any Python
+user drive guests through Vm. Ops run on an agent channel (the VM's main
+worker is channel 1); GuestOps holds them so that workers can share them.
+"""
+
+import functools
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+
+from . import agent_build, images, protocol, qemu
+from .agent_client import AgentClient, ConnectionLost
+from .config import parse_memory
+from .errors import AgentError, BootError, ConfigError, DeadlineError, VmStateError
+
+BOOT_TIMEOUT = 60.0
+OP_TIMEOUT = 120.0
+SHUTDOWN_TIMEOUT = 10.0
+CONSOLE_TAIL_LINES = 25
+
+_PANIC = re.compile(r"Kernel panic - not syncing:.*|BUG: .*|Oops: .*|general protection fault.*")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self):
+        return self.exit_code == 0
+
+
+@functools.lru_cache(maxsize=None)
+def accelerator():
+    """("kvm"|"tcg", notice): probed once per process."""
+    return qemu.choose_accel()
+
+
+@functools.lru_cache(maxsize=None)
+def host_tsc_khz(agent_path):
+    out = subprocess.run([str(agent_path), "--tsc-khz"], capture_output=True, text=True, check=True)
+    return int(out.stdout)
+
+
+class GuestOps:
+    """Ops that run in a guest process reached through one agent channel."""
+
+    def _request(self, op, timeout=OP_TIMEOUT, **fields):
+        raise NotImplementedError
+
+    def ping(self):
+        self._request("ping")
+
+    def exec(self, cmd):
+        """Run `sh -c cmd`; an ExecResult with binary stdout and stderr."""
+        reply = self._request("exec", cmd=cmd)
+        return ExecResult(reply["exit_code"], reply.get("stdout", b""), reply.get("stderr", b""))
+
+    def read_file(self, path):
+        return self._request("read_file", path=path).get("data", b"")
+
+    def write_file(self, path, data):
+        chunks = [data[i:i + protocol.CHUNK] for i in range(0, len(data), protocol.CHUNK)] or [b""]
+        for index, chunk in enumerate(chunks):
+            self._request("write_file", path=path, data=chunk, append=index > 0)
+
+
+class Vm(GuestOps):
+    """A guest booted from a profile. States: created → running → stopped."""
+
+    def __init__(self, profile, cache, name=None):
+        self.profile = profile
+        self.cache = cache
+        self.name = name or profile.name
+        self.state = "created"
+        self.machine = None
+        self.client = None
+        self.boot_seconds = None
+        self._console_at_stop = ""
+
+    def __repr__(self):
+        return f"<Vm {self.name} {self.state}>"
+
+    def boot(self, memory=None, cpus=None, timeout=BOOT_TIMEOUT):
+        """Start the guest and wait until its agent answers."""
+        if self.state != "created":
+            raise VmStateError(f"VM {self.name!r} cannot boot: it is {self.state}")
+        memory_mib = self.profile.memory_mib if memory is None else parse_memory(memory, "boot option memory")
+        if cpus is None:
+            cpus = self.profile.cpus
+        if not isinstance(cpus, int) or isinstance(cpus, bool) or not 1 <= cpus <= 64:
+            raise ConfigError(f"boot option cpus must be an integer from 1 to 64, not {cpus!r}")
+        started = time.monotonic()
+        boot_images = images.prepare(self.profile, self.cache)
+        accel, _ = accelerator()
+        tsc = host_tsc_khz(agent_build.build(self.cache))
+        self.machine = qemu.QemuMachine(
+            vmlinux=boot_images.vmlinux, initrd=boot_images.initrd,
+            cmdline=qemu.kernel_cmdline(accel, tsc, self.profile.cmdline),
+            memory_mib=memory_mib, cpus=cpus, accel=accel, name=self.name)
+        self.state = "running"
+        try:
+            self.client = AgentClient(self.machine.launch(timeout))
+            remaining = timeout - (time.monotonic() - started)
+            self.client.wait_hello(remaining)
+            self.client.handshake(max(1.0, timeout - (time.monotonic() - started)))
+        except (ConnectionLost, DeadlineError) as exc:
+            what = "did not boot" if isinstance(exc, ConnectionLost) else f"did not boot within {timeout:.0f} s"
+            raise BootError(f"VM {self.name!r} {what}: {self._explain()}") from None
+        except BaseException:
+            self.kill()
+            raise
+        self.boot_seconds = time.monotonic() - started
+
+    def _request(self, op, timeout=OP_TIMEOUT, **fields):
+        return self._call(protocol.MAIN_CHANNEL, op, timeout, **fields)
+
+    def _call(self, channel, op, timeout, **fields):
+        if self.state != "running":
+            raise VmStateError(f"VM {self.name!r} is not running ({self.state}): cannot {op}")
+        try:
+            return self.client.request(channel, op, timeout, **fields)
+        except ConnectionLost:
+            raise AgentError(f"{op}: VM {self.name!r} died: {self._explain()}") from None
+
+    def _explain(self):
+        """Why the guest stopped answering, with the console tail; kills it."""
+        machine = self.machine
+        if machine.returncode is None:
+            machine.wait(1.0)
+        code = machine.returncode
+        console = machine.console_text()
+        self.kill()
+        panic = _PANIC.search(console)
+        if panic:
+            head = f"kernel panic: {panic.group(0).strip()}" if "panic" in panic.group(0) else panic.group(0).strip()
+        elif code is None:
+            head = "the guest stopped answering"
+        else:
+            head = f"QEMU exited with status {code}" + (f" ({machine.stderr_text()})" if machine.stderr_text() else "")
+        return f"{head}\n{format_console_tail(console)}"
+
+    def console_tail(self, lines=CONSOLE_TAIL_LINES):
+        text = self.machine.console_text() if self.state == "running" else self._console_at_stop
+        return "\n".join(text.splitlines()[-lines:])
+
+    def shutdown(self, timeout=SHUTDOWN_TIMEOUT):
+        """Power the guest off; force-kill QEMU if it has not exited after `timeout`."""
+        if self.state != "running":
+            return
+        try:
+            self.client.request(protocol.ROUTER_CHANNEL, "poweroff", min(timeout, 5.0))
+        except (ConnectionLost, DeadlineError, AgentError):
+            pass
+        self.machine.wait(timeout)
+        self.kill()
+
+    def kill(self):
+        """Terminate QEMU at once. Safe in any state."""
+        if self.machine is not None and self.state == "running":
+            self._console_at_stop = self.machine.console_text()
+        if self.client is not None:
+            self.client.close()
+        if self.machine is not None:
+            self.machine.kill()
+        if self.state != "created":
+            self.state = "stopped"
+
+
+def format_console_tail(console, lines=CONSOLE_TAIL_LINES):
+    tail = console.splitlines()[-lines:]
+    if not tail:
+        return "--- console: (empty) ---"
+    return "--- console tail ---\n" + "\n".join(tail)
