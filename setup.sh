@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Sets up everything Provium needs on a Debian or Ubuntu machine: QEMU, a static
+# busybox, a C compiler (the guest agent is built from source), a kernel when
+# /boot has none, and the Python package with its test tools in ./.venv.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+packages="qemu-system-x86 qemu-utils busybox-static gcc libc6-dev util-linux"
+python3 -c 'import ensurepip, venv' 2>/dev/null || packages="$packages python3-venv"
+
+# provium's built-in profile wants /boot/vmlinuz-VERSION with /lib/modules/VERSION.
+has_kernel=no
+for image in /boot/vmlinuz-*; do
+    [ -d "/lib/modules/${image#/boot/vmlinuz-}" ] && has_kernel=yes
+done
+if [ "$has_kernel" = no ]; then
+    if grep -qi '^ID=ubuntu' /etc/os-release 2>/dev/null; then
+        packages="$packages linux-image-generic"
+    else
+        packages="$packages linux-image-amd64"
+    fi
+fi
+
+$sudo apt-get update -q
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends $packages
+
+# Debian and Ubuntu install kernels readable by root only; provium reads them to boot guests.
+for image in /boot/vmlinuz-*; do
+    [ -r "$image" ] || $sudo chmod 0644 "$image"
+done
+
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[test]'
+echo "provium is set up: run the tests with .venv/bin/pytest, your own with .venv/bin/provium run PATH"
