@@ -5,6 +5,7 @@ image, agent, busybox, modules, the format version), so changing any input
 rebuilds it and nothing else does.
 """
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +57,12 @@ def _modules(profile, release):
     return tree, tree.load_order([*BASE_MODULES, *profile.modules])
 
 
+@functools.lru_cache(maxsize=None)
 def prepare(profile, cache):
-    """The vmlinux, initramfs and kernel release that boot `profile`."""
+    """The vmlinux, initramfs and kernel release that boot `profile`.
+
+    Hashing the inputs costs ~50 ms, so it is done once per profile and process.
+    """
     vmlinux, release = _vmlinux(profile, cache)
     agent = agent_build.build(cache)
     busybox = initramfs.find_busybox()

@@ -144,7 +144,7 @@ class LuaFile:
     def _op_end_test(self, result):
         test, self._test = self._test, None
         data = dict(result)
-        if data.get(b"outcome") in (b"failed", b"error"):
+        if data.get(b"outcome") in (b"failed", b"error") and b"--- console" not in (data.get(b"message") or b""):
             tails = {self._vms[h].name: self._vms[h].console_tail() for h in test["vms"] if h in self._vms}
             data[b"consoles"] = {name: tail for name, tail in tails.items() if tail.strip()}
         self._stop_vms({h: self._vms.pop(h) for h in test["vms"] if h in self._vms})

@@ -143,7 +143,7 @@ class Vm(GuestOps):
             head = "the guest stopped answering"
         else:
             head = f"QEMU exited with status {code}" + (f" ({machine.stderr_text()})" if machine.stderr_text() else "")
-        return f"{head}\n{format_console_tail(console)}"
+        return f"{head}\n{format_console_tail(console, panic.start() if panic else None)}"
 
     def console_tail(self, lines=CONSOLE_TAIL_LINES):
         text = self.machine.console_text() if self.state == "running" else self._console_at_stop
@@ -172,8 +172,13 @@ class Vm(GuestOps):
             self.state = "stopped"
 
 
-def format_console_tail(console, lines=CONSOLE_TAIL_LINES):
-    tail = console.splitlines()[-lines:]
-    if not tail:
+def format_console_tail(console, at=None, lines=CONSOLE_TAIL_LINES):
+    """The last console lines, or those around offset `at` (where a panic starts)."""
+    if at is None:
+        shown, title = console.splitlines()[-lines:], "console tail"
+    else:
+        first = max(0, console.count("\n", 0, at) - 5)
+        shown, title = console.splitlines()[first:first + lines], "console around the failure"
+    if not shown:
         return "--- console: (empty) ---"
-    return "--- console tail ---\n" + "\n".join(tail)
+    return f"--- {title} ---\n" + "\n".join(shown)

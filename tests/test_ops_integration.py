@@ -1,5 +1,7 @@
 """Guest ops end to end through Lua: binary safety, size, exit codes, errors."""
 
+import re
+
 OPS = """\
 local vm = provium.create("minimal")
 vm:boot{memory = "256M"}
@@ -93,15 +95,25 @@ def test_shutdown_and_kill_make_later_calls_fail_clearly(suite):
     assert suite.qemu_pids() == []
 
 
-def test_a_kernel_panic_at_boot_is_named_with_the_console_tail(suite):
+def test_kernel_panics_are_named_with_the_console_tail(suite):
     suite.write("provium.toml", '[profiles.noinit]\ncmdline = "rdinit=/no/such/init"\n')
     suite.write("panic.lua", """\
         test("boot", function()
           provium.create("noinit"):boot{memory = "256M"}
         end)
+        test("crash", function()
+          local vm = provium.create("minimal")
+          vm:boot{memory = "256M"}
+          vm:exec("echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger")
+        end)
         """)
     result = suite.run("run", "panic.lua")
+    out = result.stdout
     assert result.returncode == 1
-    assert "panic.lua:2: VM 'noinit' did not boot: kernel panic: Kernel panic - not syncing" in result.stdout
-    assert "--- console tail ---" in result.stdout
+    assert "panic.lua:2: VM 'noinit' did not boot: kernel panic: Kernel panic - not syncing" in out
+    assert "panic.lua:7: exec: VM 'minimal' died: kernel panic: Kernel panic - not syncing: sysrq triggered crash" in out
+    assert "--- console around the failure ---" in out
+    assert re.search(r"--- console around the failure ---\n(.*\n){0,5}.*sysrq triggered crash", out)
+    assert out.count("--- console") == 2
+    assert out.splitlines()[-1] == "0 passed, 2 failed, 0 skipped"
     assert suite.qemu_pids() == []
