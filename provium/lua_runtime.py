@@ -6,6 +6,7 @@ values (VMs are integer handles), each answering (true, results...) or
 (false, message) so that errors surface at the test file's own line.
 """
 
+import json
 import time
 from importlib import resources
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import lupa.lua54 as lua
 
 from .errors import ProviumError
-from .vm import Vm
+from .vm import Disk, Vm
 
 PRELUDE_NAME = b"provium"
 PRELUDE = resources.files("provium").joinpath("lua/prelude.lua").read_text()
@@ -26,6 +27,22 @@ class Interrupted(BaseException):
 def _lua_value(value):
     if isinstance(value, str):
         return value.encode()
+    return value
+
+
+def _snippet(text, limit=200):
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _to_lua(value):
+    """JSON data with every string as bytes, as the Lua runtime (encoding=None) wants."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, list):
+        return [_to_lua(v) for v in value]
+    if isinstance(value, dict):
+        return {k.encode(): _to_lua(v) for k, v in value.items()}
     return value
 
 
@@ -52,10 +69,12 @@ class LuaFile:
         self.runtime.globals().python = None
         bridge = self.runtime.table_from({
             name.encode(): self._guarded(getattr(self, f"_op_{name}"))
-            for name in ("create", "shutdown_all", "vm_boot", "vm_exec", "vm_read_file",
+            for name in ("create", "shutdown_all", "vm_boot", "vm_exec", "vm_json", "vm_read_file",
                          "vm_write_file", "vm_shutdown", "vm_kill", "begin_test", "end_test")
         })
         bridge[b"output"] = self._op_output
+        bridge[b"now"] = time.monotonic
+        bridge[b"sleep"] = time.sleep
         boot_prelude = self.runtime.eval(
             "function(src, name, bridge) return assert(load(src, name, 't'))(bridge) end")
         self._run_source = boot_prelude(PRELUDE.encode(), b"=" + PRELUDE_NAME, bridge)
@@ -118,8 +137,30 @@ class LuaFile:
         handles = self._test["vms"] if self._test is not None else list(self._vms)
         self._stop_vms({h: self._vms[h] for h in handles if h in self._vms})
 
-    def _op_vm_boot(self, handle, memory, cpus):
-        self._vm(handle).boot(memory=_text(memory), cpus=cpus)
+    def _host_path(self, value):
+        """A host path named in a test file: relative ones are relative to the file."""
+        return self.path.parent / _text(value)
+
+    def _op_vm_boot(self, handle, memory, cpus, files, disks):
+        self._vm(handle).boot(
+            memory=_text(memory), cpus=cpus,
+            files={_text(guest): self._host_path(host) for guest, host in files.items()},
+            disks=[Disk(self._host_path(d[b"path"]), _text(d[b"format"]), bool(d[b"readonly"]))
+                   for d in disks.values()])
+
+    def _op_vm_json(self, handle, cmd):
+        cmd = _text(cmd)
+        result = self._vm(handle).exec(cmd)
+        out = result.stdout.decode("utf-8", "replace")
+        if not result.ok:
+            raise ProviumError(f"vm:json: {cmd!r} failed (exit {result.exit_code}): "
+                               f"{_snippet(result.stderr.decode('utf-8', 'replace') or out)}")
+        try:
+            value = json.loads(out)
+        except json.JSONDecodeError as exc:
+            raise ProviumError(f"vm:json: {cmd!r} printed invalid JSON ({exc.msg} at line {exc.lineno} "
+                               f"column {exc.colno}): {_snippet(out)}") from None
+        return self.runtime.table_from({b"v": _to_lua(value)}, recursive=True)[b"v"]
 
     def _op_vm_exec(self, handle, cmd):
         result = self._vm(handle).exec(_text(cmd))

@@ -95,7 +95,7 @@ def kernel_cmdline(accel, tsc_khz, extra=""):
 class QemuMachine:
     """A QEMU process booting `vmlinux` + `initrd` on a microvm machine."""
 
-    def __init__(self, *, vmlinux, initrd, cmdline, memory_mib, cpus, accel, name="vm"):
+    def __init__(self, *, vmlinux, initrd, cmdline, memory_mib, cpus, accel, disks=(), name="vm"):
         self.name = name
         self.workdir = Path(tempfile.mkdtemp(prefix=f"provium-{name}-"))
         self.console_path = self.workdir / "console.log"
@@ -113,6 +113,13 @@ class QemuMachine:
             "-device", "virtserialport,chardev=agent,name=provium.agent",
             "-chardev", f"socket,id=qmp,path={self.qmp_path}", "-mon", "chardev=qmp,mode=control",
         ]
+        for index, disk in enumerate(disks):
+            path = str(disk.path).replace(",", ",,")
+            self.args += [
+                "-drive", f"file={path},format={disk.format},if=none,id=disk{index},"
+                          f"readonly={'on' if disk.readonly else 'off'}",
+                "-device", f"virtio-blk-device,drive=disk{index}",
+            ]
         self.process = None
         self.qmp = None
 

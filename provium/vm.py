@@ -7,9 +7,11 @@ worker is channel 1); GuestOps holds them so that workers can share them.
 
 import functools
 import re
+import shlex
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import agent_build, images, protocol, qemu
 from .agent_client import AgentClient, ConnectionLost
@@ -22,6 +24,39 @@ SHUTDOWN_TIMEOUT = 10.0
 CONSOLE_TAIL_LINES = 25
 
 _PANIC = re.compile(r"Kernel panic - not syncing:.*|BUG: .*|Oops: .*|general protection fault.*")
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A host image attached as a virtio disk (/dev/vda, /dev/vdb, ... in order)."""
+
+    path: Path
+    format: str = "raw"
+    readonly: bool = False
+
+
+DISK_FORMATS = ("raw", "qcow2")
+
+
+def check_disks(disks):
+    for index, disk in enumerate(disks, 1):
+        if disk.format not in DISK_FORMATS:
+            raise ConfigError(f"boot option disks[{index}]: format {disk.format!r} is not one of {', '.join(DISK_FORMATS)}")
+        if not disk.path.is_file():
+            raise ConfigError(f"boot option disks[{index}]: file not found: {disk.path}")
+
+
+def read_boot_files(files):
+    """{guest path: (bytes, mode)} for boot option files: {guest path: host Path}."""
+    loaded = {}
+    for guest, host in files.items():
+        if not guest.startswith("/"):
+            raise ConfigError(f"boot option files: guest path {guest!r} must be absolute")
+        try:
+            loaded[guest] = (host.read_bytes(), host.stat().st_mode & 0o777)
+        except OSError as exc:
+            raise ConfigError(f"boot option files[{guest!r}]: cannot read {host}: {exc.strerror}") from None
+    return loaded
 
 
 @dataclass(frozen=True)
@@ -64,10 +99,10 @@ class GuestOps:
     def read_file(self, path):
         return self._request("read_file", path=path).get("data", b"")
 
-    def write_file(self, path, data):
+    def write_file(self, path, data, mode=0o644):
         chunks = [data[i:i + protocol.CHUNK] for i in range(0, len(data), protocol.CHUNK)] or [b""]
         for index, chunk in enumerate(chunks):
-            self._request("write_file", path=path, data=chunk, append=index > 0)
+            self._request("write_file", path=path, data=chunk, append=index > 0, mode=mode)
 
 
 class Vm(GuestOps):
@@ -86,8 +121,12 @@ class Vm(GuestOps):
     def __repr__(self):
         return f"<Vm {self.name} {self.state}>"
 
-    def boot(self, memory=None, cpus=None, timeout=BOOT_TIMEOUT):
-        """Start the guest and wait until its agent answers."""
+    def boot(self, memory=None, cpus=None, files=None, disks=(), timeout=BOOT_TIMEOUT):
+        """Start the guest and wait until its agent answers.
+
+        files: {guest path: host Path} copied in after boot (parents created,
+        host mode kept). disks: Disk images attached in order.
+        """
         if self.state != "created":
             raise VmStateError(f"VM {self.name!r} cannot boot: it is {self.state}")
         memory_mib = self.profile.memory_mib if memory is None else parse_memory(memory, "boot option memory")
@@ -95,6 +134,9 @@ class Vm(GuestOps):
             cpus = self.profile.cpus
         if not isinstance(cpus, int) or isinstance(cpus, bool) or not 1 <= cpus <= 64:
             raise ConfigError(f"boot option cpus must be an integer from 1 to 64, not {cpus!r}")
+        disks = list(disks)
+        check_disks(disks)
+        boot_files = read_boot_files(files or {})
         started = time.monotonic()
         boot_images = images.prepare(self.profile, self.cache)
         accel, _ = accelerator()
@@ -102,7 +144,7 @@ class Vm(GuestOps):
         self.machine = qemu.QemuMachine(
             vmlinux=boot_images.vmlinux, initrd=boot_images.initrd,
             cmdline=qemu.kernel_cmdline(accel, tsc, self.profile.cmdline),
-            memory_mib=memory_mib, cpus=cpus, accel=accel, name=self.name)
+            memory_mib=memory_mib, cpus=cpus, accel=accel, disks=disks, name=self.name)
         self.state = "running"
         try:
             self.client = AgentClient(self.machine.launch(timeout))
@@ -116,6 +158,16 @@ class Vm(GuestOps):
             self.kill()
             raise
         self.boot_seconds = time.monotonic() - started
+        if boot_files:
+            self._copy_in(boot_files)
+
+    def _copy_in(self, boot_files):
+        parents = sorted({str(Path(p).parent) for p in boot_files})
+        made = self.exec("mkdir -p " + " ".join(shlex.quote(p) for p in parents))
+        if not made.ok:
+            raise AgentError(f"boot option files: mkdir failed: {made.stderr.decode(errors='replace').strip()}")
+        for guest, (data, mode) in boot_files.items():
+            self.write_file(guest, data, mode)
 
     def _request(self, op, timeout=OP_TIMEOUT, **fields):
         return self._call(protocol.MAIN_CHANNEL, op, timeout, **fields)

@@ -83,16 +83,40 @@ function VM:boot(opts)
   is_vm(self, "vm:boot")
   check("vm:boot", 1, "opts", opts, "table", true)
   opts = opts or {}
+  local known = {memory = true, cpus = true, files = true, disks = true}
   for key in pairs(opts) do
-    if key ~= "memory" and key ~= "cpus" then
-      error("vm:boot: unknown option '" .. tostring(key) .. "' (known: memory, cpus)", 2)
+    if not known[key] then
+      error("vm:boot: unknown option '" .. tostring(key) .. "' (known: cpus, disks, files, memory)", 2)
     end
   end
   check("vm:boot", 1, "opts.memory", opts.memory, "string", true)
   if opts.cpus ~= nil and math.type(opts.cpus) ~= "integer" then
     error("vm:boot: option cpus must be an integer, got " .. type(opts.cpus), 2)
   end
-  call(bridge.vm_boot, self._h, opts.memory, opts.cpus)
+  check("vm:boot", 1, "opts.files", opts.files, "table", true)
+  for guest, host in pairs(opts.files or {}) do
+    if type(guest) ~= "string" or type(host) ~= "string" then
+      error("vm:boot: files must map guest paths (strings) to host paths (strings)", 2)
+    end
+  end
+  check("vm:boot", 1, "opts.disks", opts.disks, "table", true)
+  local disks = {}
+  for i, disk in ipairs(opts.disks or {}) do
+    if type(disk) == "string" then disk = {path = disk} end
+    if type(disk) ~= "table" then
+      error("vm:boot: disks[" .. i .. "] must be a table {path, format, readonly}", 2)
+    end
+    local d = {path = disk.path or disk[1], format = disk.format or disk[2] or "raw"}
+    local readonly = disk.readonly
+    if readonly == nil then readonly = disk[3] end
+    d.readonly = readonly == true
+    if type(d.path) ~= "string" or type(d.format) ~= "string"
+        or (readonly ~= nil and type(readonly) ~= "boolean") then
+      error("vm:boot: disks[" .. i .. "] needs path (string), format (string), readonly (boolean)", 2)
+    end
+    disks[i] = d
+  end
+  call(bridge.vm_boot, self._h, opts.memory, opts.cpus, opts.files or {}, disks)
   return self
 end
 
@@ -117,6 +141,67 @@ function VM:write_file(path, data)
   call(bridge.vm_write_file, self._h, path, data)
 end
 
+function VM:json(cmd)
+  is_vm(self, "vm:json")
+  check("vm:json", 1, "cmd", cmd, "string")
+  return call(bridge.vm_json, self._h, cmd)
+end
+
+local function shell_quote(s)
+  return "'" .. string.gsub(s, "'", "'\\''") .. "'"
+end
+
+function VM:dmesg(pattern)
+  is_vm(self, "vm:dmesg")
+  check("vm:dmesg", 1, "pattern", pattern, "string", true)
+  local cmd = "dmesg"
+  if pattern then cmd = cmd .. " | grep -e " .. shell_quote(pattern) end
+  local code, out, err = call(bridge.vm_exec, self._h, cmd)
+  if code > 1 or (code == 1 and not pattern) then
+    error("vm:dmesg: " .. cmd .. " failed (exit " .. code .. "): " .. err, 2)
+  end
+  return out
+end
+
+local VFS = {
+  {"proc", "/proc"}, {"sysfs", "/sys"}, {"securityfs", "/sys/kernel/security"}, {"devtmpfs", "/dev"},
+}
+
+function VM:mount_vfs()
+  is_vm(self, "vm:mount_vfs")
+  local steps = {}
+  for _, m in ipairs(VFS) do
+    steps[#steps + 1] = string.format(
+      "{ grep -q '^[^ ]* %s ' /proc/mounts || { mkdir -p %s && mount -t %s %s %s; }; }",
+      m[2], m[2], m[1], m[1], m[2])
+  end
+  local code, _, err = call(bridge.vm_exec, self._h, table.concat(steps, " && "))
+  if code ~= 0 then
+    error("vm:mount_vfs: mounting failed: " .. err, 2)
+  end
+end
+
+function VM:wait_until(fn, opts)
+  is_vm(self, "vm:wait_until")
+  check("vm:wait_until", 1, "fn", fn, "function")
+  check("vm:wait_until", 2, "opts", opts, "table", true)
+  opts = opts or {}
+  local timeout, interval, desc = opts.timeout or 10, opts.interval or 0.5, opts.desc or "condition"
+  check("vm:wait_until", 2, "opts.timeout", timeout, "number")
+  check("vm:wait_until", 2, "opts.interval", interval, "number")
+  check("vm:wait_until", 2, "opts.desc", desc, "string")
+  local deadline = bridge.now() + timeout
+  while true do
+    local value = fn()
+    if value then return value end
+    local remaining = deadline - bridge.now()
+    if remaining <= 0 then
+      error(string.format("vm:wait_until: %s not met within %g s", desc, timeout), 2)
+    end
+    bridge.sleep(math.min(interval, remaining))
+  end
+end
+
 function VM:shutdown()
   is_vm(self, "vm:shutdown")
   call(bridge.vm_shutdown, self._h)
@@ -139,6 +224,57 @@ end
 
 function provium.shutdown_all()
   call(bridge.shutdown_all)
+end
+
+local PACK_CODES = {u8 = "I1", u16 = "I2", i16 = "i2", u32 = "I4", i32 = "i4", u64 = "I8", i64 = "i8"}
+
+-- The string.pack format for a provium format ("u32 u64" -> "<I4I8") and its type count.
+local function pack_format(fn, fmt)
+  check(fn, 1, "fmt", fmt, "string")
+  local codes, n = {"<"}, 0
+  for word in string.gmatch(fmt, "%S+") do
+    local code = PACK_CODES[word]
+    if not code then
+      error(fn .. ": unknown type '" .. word .. "' (known: u8 u16 i16 u32 i32 u64 i64)", 3)
+    end
+    codes[#codes + 1] = code
+    n = n + 1
+  end
+  return table.concat(codes), n
+end
+
+function provium.pack(fmt, ...)
+  local format, n = pack_format("provium.pack", fmt)
+  local count = select("#", ...)
+  if count ~= n then
+    error(string.format("provium.pack: format %q has %d types but %d values were given", fmt, n, count), 2)
+  end
+  local values = table.pack(...)
+  for i = 1, n do
+    if math.type(values[i]) ~= "integer" then
+      error(string.format("provium.pack: value %d must be an integer, got %s", i,
+        math.type(values[i]) or type(values[i])), 2)
+    end
+  end
+  local ok, result = pcall(string.pack, format, ...)
+  if not ok then
+    error("provium.pack: " .. string.gsub(result, "^bad argument #(%d+) to 'string.pack' ", function(i)
+      return "value " .. (tonumber(i) - 1) .. ": "
+    end), 2)
+  end
+  return result
+end
+
+function provium.unpack(fmt, data)
+  local format = pack_format("provium.unpack", fmt)
+  data = plain(data)
+  check("provium.unpack", 2, "data", data, "string")
+  local need = string.packsize(format)
+  if #data < need then
+    error(string.format("provium.unpack: format %q needs %d bytes, data has %d", fmt, need, #data), 2)
+  end
+  local values = table.pack(string.unpack(format, data))
+  return table.unpack(values, 1, values.n - 1)
 end
 
 ---------------------------------------------------------------- assertions
