@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -90,7 +91,35 @@ int frame_next(struct frame_reader *r, struct frame *f)
 	return 0;
 }
 
-ssize_t frame_fill(struct frame_reader *r, int fd)
+/* read(), or recvmsg() keeping one SCM_RIGHTS fd in *recv_fd (closing one not yet taken). */
+static ssize_t read_some(int fd, void *p, size_t len, int *recv_fd)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct iovec iov = { p, len };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct cmsghdr *c;
+	ssize_t n;
+
+	if (!recv_fd)
+		return read(fd, p, len);
+	msg.msg_control = control.buf;
+	msg.msg_controllen = sizeof(control.buf);
+	n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+	for (c = n >= 0 ? CMSG_FIRSTHDR(&msg) : NULL; c; c = CMSG_NXTHDR(&msg, c)) {
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+		    c->cmsg_len == CMSG_LEN(sizeof(int))) {
+			if (*recv_fd >= 0)
+				close(*recv_fd);
+			memcpy(recv_fd, CMSG_DATA(c), sizeof(int));
+		}
+	}
+	return n;
+}
+
+ssize_t frame_fill(struct frame_reader *r, int fd, int *recv_fd)
 {
 	size_t want;
 	ssize_t n;
@@ -120,25 +149,10 @@ ssize_t frame_fill(struct frame_reader *r, int fd)
 		errno = ENOBUFS;
 		return -1;
 	}
-	n = read(fd, r->buf + r->len, r->cap - r->len);
+	n = read_some(fd, r->buf + r->len, r->cap - r->len, recv_fd);
 	if (n > 0)
 		r->len += (size_t)n;
 	return n;
-}
-
-int frame_read(struct frame_reader *r, int fd, struct frame *f)
-{
-	for (;;) {
-		ssize_t n;
-
-		if (frame_next(r, f))
-			return 1;
-		n = frame_fill(r, fd);
-		if (n == 0)
-			return 0;
-		if (n < 0 && errno != EINTR)
-			return -1;
-	}
 }
 
 void frame_header(uint8_t h[FRAME_HEADER], uint16_t chan, uint32_t len)

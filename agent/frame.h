@@ -37,11 +37,11 @@ void frame_reader_reset(struct frame_reader *r); /* drop everything buffered */
 /* Cut the next complete frame out of the buffer: 1 = *f is set, 0 = need more bytes. */
 int frame_next(struct frame_reader *r, struct frame *f);
 
-/* One read() from fd into the buffer: bytes read, 0 on EOF, -1 with errno. */
-ssize_t frame_fill(struct frame_reader *r, int fd);
-
-/* Blocking: the next frame from fd. 1 = *f is set, 0 = EOF, -1 = error (errno). */
-int frame_read(struct frame_reader *r, int fd, struct frame *f);
+/*
+ * One read from fd into the buffer: bytes read, 0 on EOF, -1 with errno.
+ * With recv_fd, an fd passed with the bytes (SCM_RIGHTS) is stored there.
+ */
+ssize_t frame_fill(struct frame_reader *r, int fd, int *recv_fd);
 
 void frame_header(uint8_t hdr[FRAME_HEADER], uint16_t chan, uint32_t len);
 

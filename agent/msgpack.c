@@ -401,6 +401,24 @@ void mp_map_nil(struct mp_map *m, const char *k)
 	put(m->b, &c, 1);
 }
 
+void mp_map_array(struct mp_map *m, const char *k, uint32_t count)
+{
+	key(m, k);
+	if (count <= 15) {
+		uint8_t c = (uint8_t)(0x90 | count);
+		put(m->b, &c, 1);
+	} else if (count <= 0xffff) {
+		put_be(m->b, 0xdc, count, 2);
+	} else {
+		put_be(m->b, 0xdd, count, 4);
+	}
+}
+
+void mp_array_bin(struct mp_buf *b, const void *p, size_t len)
+{
+	put_bin(b, p, len);
+}
+
 void mp_map_end(struct mp_map *m)
 {
 	struct mp_buf *b = m->b;

@@ -64,6 +64,9 @@ void mp_map_uint(struct mp_map *m, const char *key, uint64_t u);
 void mp_map_int(struct mp_map *m, const char *key, int64_t i);
 void mp_map_bool(struct mp_map *m, const char *key, int v);
 void mp_map_nil(struct mp_map *m, const char *key);
+/* A field whose value is an array of count items, written next with mp_array_*. */
+void mp_map_array(struct mp_map *m, const char *key, uint32_t count);
+void mp_array_bin(struct mp_buf *b, const void *p, size_t len);
 void mp_map_end(struct mp_map *m);
 
 #endif

@@ -37,16 +37,23 @@
 #define QUEUE_CAP (16u * 1024 * 1024) /* bytes queued towards one worker */
 #define QUEUE_KEEP (1024 * 1024)      /* an empty queue keeps at most this much memory */
 
-/* Bytes waiting to be written to a worker socket: data[start .. start + len). */
+/*
+ * Bytes waiting to be written to a worker socket: data[start .. start + len).
+ * attach_fd, when >= 0, travels (SCM_RIGHTS) with the byte attach_left bytes ahead.
+ */
 struct outq {
 	uint8_t *data;
 	size_t start, len, cap;
+	int attach_fd;
+	size_t attach_left;
 };
 
 struct wslot {
 	int used;
 	uint16_t chan;
-	pid_t pid;
+	pid_t pid;  /* 0 until a spawned worker reports it */
+	int child;  /* the router's own child (the main worker): reaped here */
+	int thread; /* a thread worker: it cannot be killed, only disconnected */
 	int fd;     /* router end of the socketpair (non-blocking); -1 after EOF */
 	int exited; /* reaped: status is valid */
 	int status;
@@ -60,6 +67,10 @@ struct router {
 	int sig_fd;        /* signalfd for SIGCHLD */
 	int need_main;     /* the main worker could not be started: retry */
 	struct timespec last_eof;
+	uint16_t next_chan;     /* where the search for a free channel starts */
+	int spawning;           /* a spawn is on its way through the main worker */
+	uint64_t spawn_id;      /* ... the host's request id */
+	uint16_t spawn_chan;    /* ... and the channel it will get */
 	struct frame_reader rd; /* frames from the host */
 	struct mp_buf out;      /* the router's own replies */
 	struct wslot w[MAX_WORKERS];
@@ -218,9 +229,11 @@ static int start_worker(struct router *r, uint16_t chan)
 	close(sv[1]);
 	fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
 	s->used = 1;
+	s->child = 1;
 	s->chan = chan;
 	s->pid = pid;
 	s->fd = sv[0];
+	s->q.attach_fd = -1;
 	return 0;
 fail:
 	close(sv[0]);
@@ -239,10 +252,26 @@ static void check_exit(struct wslot *s)
 {
 	int st;
 
+	if (s->used && !s->child && s->fd < 0) {
+		s->exited = 1; /* a spawned worker is not our child: its end is the end of its socket */
+		return;
+	}
 	if (s->used && !s->exited && waitpid(s->pid, &st, WNOHANG) == s->pid) {
 		s->exited = 1;
 		s->status = st;
 	}
+}
+
+/* Drop a slot without reporting it (a spawn that did not happen). */
+static void forget_slot(struct wslot *s)
+{
+	if (s->fd >= 0)
+		close(s->fd);
+	frame_reader_free(&s->rd);
+	free(s->q.data);
+	if (s->q.attach_fd >= 0)
+		close(s->q.attach_fd);
+	memset(s, 0, sizeof(*s));
 }
 
 /* SIGCHLD: empty the signalfd, then reap whichever workers have exited. */
@@ -269,7 +298,9 @@ static void finish_workers(struct router *r)
 		mp_buf_reset(&r->out);
 		mp_map_begin(&m, &r->out);
 		mp_map_cstr(&m, "event", "worker_exit");
-		if (WIFSIGNALED(s->status)) {
+		if (!s->child) {
+			mp_map_cstr(&m, "status", "ended");
+		} else if (WIFSIGNALED(s->status)) {
 			mp_map_cstr(&m, "status", "killed");
 			mp_map_int(&m, "signal", WTERMSIG(s->status));
 		} else {
@@ -279,11 +310,39 @@ static void finish_workers(struct router *r)
 		mp_map_end(&m);
 		frame_reader_free(&s->rd);
 		free(s->q.data);
+		if (s->q.attach_fd >= 0)
+			close(s->q.attach_fd);
 		memset(s, 0, sizeof(*s));
 		port_send_out(r, chan);
+		if (chan == CHAN_MAIN && r->spawning) {
+			struct wslot *pending = slot_of_chan(r, r->spawn_chan);
+
+			r->spawning = 0;
+			if (pending)
+				forget_slot(pending);
+		}
 		if (chan == CHAN_MAIN)
 			start_main(r);
 	}
+}
+
+static ssize_t send_with_fd(int sock, const void *p, size_t len, int fd)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct iovec iov = { (void *)p, len };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+			      .msg_control = control.buf, .msg_controllen = sizeof(control.buf) };
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+
+	memset(control.buf, 0, sizeof(control.buf));
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	return sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 /* Write as much of the queue as the socket takes now. */
@@ -292,7 +351,21 @@ static void flush(struct wslot *s)
 	struct outq *q = &s->q;
 
 	while (q->len > 0) {
-		ssize_t n = send(s->fd, q->data + q->start, q->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t n;
+
+		if (q->attach_fd >= 0 && q->attach_left == 0) {
+			n = send_with_fd(s->fd, q->data + q->start, q->len, q->attach_fd);
+			if (n > 0) {
+				close(q->attach_fd);
+				q->attach_fd = -1;
+			}
+		} else {
+			size_t len = q->attach_fd >= 0 ? q->attach_left : q->len;
+
+			n = send(s->fd, q->data + q->start, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (n > 0 && q->attach_fd >= 0)
+				q->attach_left -= (size_t)n;
+		}
 
 		if (n > 0) {
 			q->start += (size_t)n;
@@ -303,6 +376,10 @@ static void flush(struct wslot *s)
 			return;
 		} else {
 			q->len = 0; /* the worker is gone: its EOF and exit follow */
+			if (q->attach_fd >= 0) {
+				close(q->attach_fd);
+				q->attach_fd = -1;
+			}
 		}
 	}
 	q->start = 0;
@@ -336,15 +413,41 @@ static int enqueue(struct outq *q, const uint8_t *p, size_t n)
 	return 0;
 }
 
+/* The main worker's reply to a spawn (channel 0): learn the new worker's pid, or drop its slot. */
+static void spawn_replied(struct router *r, const struct frame *f)
+{
+	const struct mp_value *root = mp_decode(f->payload, f->len, r->nodes, MP_MAX_NODES);
+	const struct mp_value *id = mp_map_get(root, "id");
+	const struct mp_value *pid = mp_map_get(root, "pid");
+	const struct mp_value *tid = mp_map_get(root, "tid");
+	struct wslot *s;
+
+	if (!id || id->type != MP_UINT || id->v.u != r->spawn_id)
+		return;
+	r->spawning = 0;
+	s = slot_of_chan(r, r->spawn_chan);
+	if (!s)
+		return;
+	if (pid && pid->type == MP_UINT && tid && tid->type == MP_UINT) {
+		s->pid = (pid_t)pid->v.u;
+		s->thread = tid->v.u != pid->v.u;
+	} else {
+		forget_slot(s);
+	}
+}
+
 /* The worker socket is readable (or hung up): forward its frames to the host. */
 static void from_worker(struct router *r, struct wslot *s)
 {
-	ssize_t n = frame_fill(&s->rd, s->fd);
+	ssize_t n = frame_fill(&s->rd, s->fd, NULL);
 	struct frame f;
 
 	if (n > 0) {
-		while (frame_next(&s->rd, &f))
+		while (frame_next(&s->rd, &f)) {
+			if (f.chan == CHAN_ROUTER && s->chan == CHAN_MAIN && r->spawning)
+				spawn_replied(r, &f);
 			port_send(r, f.chan, f.payload, f.len);
+		}
 		return;
 	}
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -357,6 +460,123 @@ static void from_worker(struct router *r, struct wslot *s)
 }
 
 /* ---- channel 0 ---- */
+
+/* A free channel number >= 2, or 0 when every slot is taken. */
+static uint16_t free_channel(struct router *r)
+{
+	for (int tries = 0; tries < 65534; tries++) {
+		uint16_t c = r->next_chan < 2 ? 2 : r->next_chan;
+
+		r->next_chan = c == 65535 ? 2 : c + 1;
+		if (!slot_of_chan(r, c))
+			return c;
+	}
+	return 0;
+}
+
+/*
+ * spawn {thread}: make a socketpair for a new channel and pass one end to the
+ * main worker with the request; the main worker starts the new worker and
+ * replies on channel 0 (see spawn_replied). 0, or -1 with an error in r->out.
+ */
+static int spawn(struct router *r, const struct request *rq)
+{
+	const struct mp_value *thread = mp_map_get(rq->map, "thread");
+	struct wslot *main = slot_of_chan(r, CHAN_MAIN), *s = NULL;
+	uint8_t hdr[FRAME_HEADER];
+	size_t before;
+	uint16_t chan;
+	struct mp_map m;
+	int sv[2];
+
+	if (thread && thread->type != MP_BOOL && thread->type != MP_NIL) {
+		msg_error(&r->out, rq->id, 0, "spawn: field 'thread' must be a bool");
+		return -1;
+	}
+	if (!main || main->fd < 0 || r->spawning) {
+		msg_error(&r->out, rq->id, EAGAIN, "spawn: %s",
+			  r->spawning ? "another spawn is in progress" : "the main worker is not running");
+		return -1;
+	}
+	for (int i = 0; i < MAX_WORKERS && !s; i++)
+		if (!r->w[i].used)
+			s = &r->w[i];
+	chan = s ? free_channel(r) : 0;
+	if (!chan) {
+		msg_error(&r->out, rq->id, EAGAIN, "spawn: too many workers (%d)", MAX_WORKERS - 1);
+		return -1;
+	}
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		msg_error(&r->out, rq->id, errno, "spawn: socketpair: %s", strerror(errno));
+		return -1;
+	}
+	memset(s, 0, sizeof(*s));
+	if (frame_reader_init(&s->rd) < 0) {
+		close(sv[0]);
+		close(sv[1]);
+		msg_error(&r->out, rq->id, ENOMEM, "spawn: out of memory");
+		return -1;
+	}
+	fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+	s->used = 1;
+	s->chan = chan;
+	s->fd = sv[0];
+	s->q.attach_fd = -1;
+
+	mp_buf_reset(&r->out);
+	mp_map_begin(&m, &r->out);
+	mp_map_uint(&m, "id", rq->id);
+	mp_map_cstr(&m, "op", "spawn");
+	mp_map_bool(&m, "thread", thread && thread->type == MP_BOOL && thread->v.b);
+	mp_map_uint(&m, "channel", chan);
+	mp_map_end(&m);
+	frame_header(hdr, CHAN_ROUTER, (uint32_t)r->out.len);
+	before = main->q.len;
+	if (r->out.failed || enqueue(&main->q, hdr, sizeof(hdr)) < 0 ||
+	    enqueue(&main->q, r->out.data, r->out.len) < 0) {
+		main->q.len = before;
+		close(sv[1]);
+		forget_slot(s);
+		msg_error(&r->out, rq->id, ENOMEM, "spawn: out of memory");
+		return -1;
+	}
+	main->q.attach_fd = sv[1];
+	main->q.attach_left = before;
+	r->spawning = 1;
+	r->spawn_id = rq->id;
+	r->spawn_chan = chan;
+	flush(main);
+	return 0;
+}
+
+/* kill_worker {channel}: end a spawned worker (a thread worker is disconnected). */
+static void kill_worker(struct router *r, const struct request *rq)
+{
+	const struct mp_value *c = mp_map_get(rq->map, "channel");
+	struct wslot *s = c && c->type == MP_UINT && c->v.u <= 65535 ? slot_of_chan(r, (uint16_t)c->v.u) : NULL;
+	struct mp_map m;
+
+	if (!c || c->type != MP_UINT) {
+		msg_error(&r->out, rq->id, 0, "kill_worker: field 'channel' must be an integer");
+		return;
+	}
+	if (!s || s->chan == CHAN_MAIN || s->fd < 0) {
+		msg_error(&r->out, rq->id, 0, "kill_worker: no spawned worker on channel %llu",
+			  (unsigned long long)c->v.u);
+		return;
+	}
+	if (s->pid > 0 && !s->thread)
+		kill(s->pid, SIGKILL);
+	shutdown(s->fd, SHUT_RDWR); /* a thread worker sees EOF and ends */
+	close(s->fd);
+	s->fd = -1;
+	s->q.len = s->q.start = 0;
+	check_exit(s);
+	mp_buf_reset(&r->out);
+	mp_map_begin(&m, &r->out);
+	mp_map_uint(&m, "id", rq->id);
+	mp_map_end(&m);
+}
 
 static void __attribute__((noreturn)) poweroff(struct router *r)
 {
@@ -405,6 +625,11 @@ static void control(struct router *r, const struct frame *f)
 			mp_map_cstr(&m, "agent", AGENT_NAME);
 			mp_map_end(&m);
 		}
+	} else if (req_op_is(&rq, "spawn")) {
+		if (spawn(r, &rq) == 0)
+			return; /* the main worker replies */
+	} else if (req_op_is(&rq, "kill_worker")) {
+		kill_worker(r, &rq);
 	} else if (req_op_is(&rq, "ping") || req_op_is(&rq, "poweroff")) {
 		mp_buf_reset(&r->out);
 		mp_map_begin(&m, &r->out);
@@ -451,7 +676,7 @@ static void host_frame(struct router *r, const struct frame *f)
 
 static void from_host(struct router *r)
 {
-	ssize_t n = frame_fill(&r->rd, r->in_fd);
+	ssize_t n = frame_fill(&r->rd, r->in_fd, NULL);
 	struct timespec now;
 	struct frame f;
 

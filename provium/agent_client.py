@@ -68,7 +68,7 @@ class AgentClient:
         self.agent_name = reply.get("agent")
         return reply
 
-    def request(self, channel, op, timeout, **fields):
+    def request(self, channel, op, timeout, /, **fields):
         """Send op on channel and return its merged reply; AgentError on an error reply."""
         request_id = self._next_id
         self._next_id += 1
@@ -100,8 +100,8 @@ class AgentClient:
         if frame_channel != channel or event == "hello":
             return
         if event == "worker_exit":
-            detail = (f"signal {message['signal']}" if "signal" in message
-                      else f"exit status {message.get('code')}")
+            detail = (f"killed by signal {message['signal']}" if "signal" in message
+                      else f"exit status {message['code']}" if "code" in message else "it ended")
             raise AgentError(f"op {op!r}: the guest process serving it died ({detail})")
         if event == "error":
             raise ProtocolError(f"op {op!r}: the agent could not decode the request: {message.get('message')}")
