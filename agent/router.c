@@ -54,6 +54,7 @@ struct wslot {
 	pid_t pid;  /* 0 until a spawned worker reports it */
 	int child;  /* the router's own child (the main worker): reaped here */
 	int thread; /* a thread worker: it cannot be killed, only disconnected */
+	int killed; /* ended by kill_worker: the host knows, no worker_exit event */
 	int fd;     /* router end of the socketpair (non-blocking); -1 after EOF */
 	int exited; /* reaped: status is valid */
 	int status;
@@ -295,6 +296,10 @@ static void finish_workers(struct router *r)
 
 		if (!s->used || s->fd >= 0 || !s->exited)
 			continue;
+		if (s->killed) {
+			forget_slot(s);
+			continue;
+		}
 		mp_buf_reset(&r->out);
 		mp_map_begin(&m, &r->out);
 		mp_map_cstr(&m, "event", "worker_exit");
@@ -567,6 +572,7 @@ static void kill_worker(struct router *r, const struct request *rq)
 	}
 	if (s->pid > 0 && !s->thread)
 		kill(s->pid, SIGKILL);
+	s->killed = 1;
 	shutdown(s->fd, SHUT_RDWR); /* a thread worker sees EOF and ends */
 	close(s->fd);
 	s->fd = -1;

@@ -14,7 +14,7 @@ from pathlib import Path
 import lupa.lua54 as lua
 
 from .errors import ProviumError
-from .vm import Disk, Vm
+from .vm import Disk, Pointer, Vm
 
 PRELUDE_NAME = b"provium"
 PRELUDE = resources.files("provium").joinpath("lua/prelude.lua").read_text()
@@ -61,6 +61,7 @@ class LuaFile:
         self.on_test = on_test
         self.interrupted = interrupted
         self._vms = {}
+        self._workers = {}
         self._next_handle = 1
         self._test = None
         self._output = []
@@ -70,7 +71,8 @@ class LuaFile:
         bridge = self.runtime.table_from({
             name.encode(): self._guarded(getattr(self, f"_op_{name}"))
             for name in ("create", "shutdown_all", "vm_boot", "vm_exec", "vm_json", "vm_read_file",
-                         "vm_write_file", "vm_shutdown", "vm_kill", "begin_test", "end_test")
+                         "vm_write_file", "vm_shutdown", "vm_kill", "vm_syscall", "vm_background",
+                         "vm_job_wait", "vm_job_kill", "vm_spawn", "worker_kill", "begin_test", "end_test")
         })
         bridge[b"output"] = self._op_output
         bridge[b"now"] = time.monotonic
@@ -119,15 +121,20 @@ class LuaFile:
     # ---------------------------------------------------------------- bridge ops
 
     def _vm(self, handle):
-        vm = self._vms.get(handle)
-        if vm is None:
+        """The Vm or Worker behind a handle."""
+        target = self._vms.get(handle) or self._workers.get(handle)
+        if target is None:
             raise ProviumError(f"no VM with handle {handle}")
-        return vm
+        return target
+
+    def _new_handle(self):
+        handle = self._next_handle
+        self._next_handle += 1
+        return handle
 
     def _op_create(self, profile):
         vm = Vm(self.config.profile(_text(profile)), self.cache)
-        handle = self._next_handle
-        self._next_handle += 1
+        handle = self._new_handle()
         self._vms[handle] = vm
         if self._test is not None:
             self._test["vms"].append(handle)
@@ -171,6 +178,38 @@ class LuaFile:
 
     def _op_vm_write_file(self, handle, path, data):
         self._vm(handle).write_file(_text(path), bytes(data))
+
+    def _op_vm_syscall(self, handle, nr, args, bufs, ptrs):
+        pointers = [Pointer(p[b"buf"], p[b"offset"], p[b"length"], bytes(p[b"data"]))
+                    for p in (ptrs[i] for i in range(1, len(ptrs) + 1))]
+        ret, buffers, targets = self._vm(handle).syscall(
+            nr, [args[i] for i in range(1, len(args) + 1)], {i: bytes(d) for i, d in bufs.items()}, pointers)
+        return (ret, *buffers, *targets)
+
+    def _op_vm_background(self, handle, cmd):
+        return self._vm(handle).background(_text(cmd))
+
+    @staticmethod
+    def _job(result):
+        return result.running, result.exit_code, result.stdout, result.stderr, result.truncated
+
+    def _op_vm_job_wait(self, handle, job, timeout):
+        return self._job(self._vm(handle).job_wait(job, timeout))
+
+    def _op_vm_job_kill(self, handle, job):
+        return self._job(self._vm(handle).job_kill(job))
+
+    def _op_vm_spawn(self, handle, thread):
+        vm = self._vm(handle)
+        if not isinstance(vm, Vm):
+            raise ProviumError("spawn: only a VM can spawn workers")
+        worker = vm.spawn(thread=thread)
+        worker_handle = self._new_handle()
+        self._workers[worker_handle] = worker
+        return worker_handle, worker.pid, worker.tid
+
+    def _op_worker_kill(self, handle):
+        self._vm(handle).kill()
 
     def _op_vm_shutdown(self, handle):
         self._vm(handle).shutdown()

@@ -34,7 +34,7 @@ def agent(agent_binary):
     assert proc.returncode == 0
 
 
-def op(client, name, channel=protocol.MAIN_CHANNEL, **fields):
+def op(client, name, channel=protocol.MAIN_CHANNEL, /, **fields):
     return client.request(channel, name, T, **fields)
 
 
@@ -77,7 +77,7 @@ def test_errors_name_the_op_path_and_errno(agent, tmp_path):
     with pytest.raises(AgentError, match="cmd"):
         op(agent, "exec", cmd=42)
     with pytest.raises(AgentError, match="no worker on channel 9"):
-        op(agent, "ping", channel=9)
+        op(agent, "ping", 9)
     assert op(agent, "ping")["id"] > 0
 
 
@@ -119,3 +119,68 @@ def test_garbage_never_wedges_the_agent(agent):
     drain(sock, quiet=0.5)
     agent._decoder = protocol.FrameDecoder()
     assert op(agent, "exec", cmd="echo alive")["stdout"] == b"alive\n"
+
+
+def test_syscall_patches_pointers_and_returns_buffers(agent):
+    ret = op(agent, "syscall", nr=39, args=[])["ret"]  # getpid: the worker, not the router
+    assert ret > 1
+    # writev to an invalid fd still copies nothing but returns -EBADF
+    reply = op(agent, "syscall", nr=20, args=[-1, 0, 1], bufs=[[1, bytes(16)]],
+               ptrs=[[1, 0, 4, b"abcd"]])
+    assert reply["ret"] == -9
+    pointer = int.from_bytes(reply["bufs"][0][:8], "little")
+    assert pointer != 0 and reply["ptrs"] == [b"abcd"]
+    # uname fills its output buffer
+    reply = op(agent, "syscall", nr=63, args=[0], bufs=[[0, bytes(390)]])
+    assert reply["ret"] == 0 and reply["bufs"][0].startswith(b"Linux\0")
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"args": [1] * 7}, "at most 6"),
+    ({"args": [0], "bufs": [[6, b"x"]]}, "argument index must be 0..5"),
+    ({"args": [0], "bufs": [[0, b"x"], [0, b"y"]]}, "unique"),
+    ({"args": [0], "bufs": [[0, b"short"]], "ptrs": [[0, 0, 1, None]]}, "does not leave 8 bytes"),
+    ({"args": [0], "bufs": [[0, bytes(8)]], "ptrs": [[1, 0, 1, None]]}, "no buffer at argument index 1"),
+    ({"args": [0], "bufs": [[0, bytes(8)]], "ptrs": [[0, 0, 1, b"toolong"]]}, "hold the data"),
+    ({"args": ["x"]}, "must be an integer"),
+])
+def test_syscall_refuses_bad_specs_before_running(agent, fields, message):
+    with pytest.raises(AgentError, match=message):
+        op(agent, "syscall", nr=39, **fields)
+    assert op(agent, "ping")
+
+
+def test_background_jobs(agent):
+    job = op(agent, "background", cmd="echo a; sleep 0.3; echo b >&2; exit 5")
+    assert job["job"] >= 1 and job["pid"] > 1
+    assert op(agent, "job_wait", job=job["job"], timeout_ms=0)["running"] is True
+    done = op(agent, "job_wait", job=job["job"])
+    assert (done["running"], done["exit_code"], done["stdout"], done["stderr"]) == (False, 5, b"a\n", b"b\n")
+    slow = op(agent, "background", cmd="sleep 60")
+    killed = op(agent, "job_kill", job=slow["job"])
+    assert (killed["running"], killed["exit_code"]) == (False, 137)
+    with pytest.raises(AgentError, match="no job"):
+        op(agent, "job_wait", job=slow["job"])
+
+
+def test_spawned_workers_and_kill(agent):
+    main_pid = op(agent, "syscall", nr=39, args=[])["ret"]
+    fork = op(agent, "spawn", protocol.ROUTER_CHANNEL, thread=False)
+    thread = op(agent, "spawn", protocol.ROUTER_CHANNEL, thread=True)
+    assert fork["channel"] != thread["channel"] and min(fork["channel"], thread["channel"]) >= 2
+    assert op(agent, "syscall", fork["channel"], nr=39, args=[])["ret"] == fork["pid"] != main_pid
+    assert op(agent, "syscall", thread["channel"], nr=39, args=[])["ret"] == main_pid == thread["pid"]
+    assert op(agent, "syscall", thread["channel"], nr=186, args=[])["ret"] == thread["tid"]
+    for worker in (fork, thread):
+        op(agent, "kill_worker", protocol.ROUTER_CHANNEL, channel=worker["channel"])
+        with pytest.raises(AgentError, match="no worker on channel"):
+            op(agent, "ping", worker["channel"])
+    with pytest.raises(AgentError, match="no spawned worker on channel 1"):
+        op(agent, "kill_worker", protocol.ROUTER_CHANNEL, channel=1)
+    assert op(agent, "exec", cmd="echo ok")["stdout"] == b"ok\n"
+
+
+def test_a_worker_that_dies_is_reported_and_the_main_worker_restarts(agent):
+    with pytest.raises(AgentError, match="died"):
+        op(agent, "syscall", nr=60, args=[7])  # exit(7) in the main worker
+    assert op(agent, "exec", cmd="echo back")["stdout"] == b"back\n"

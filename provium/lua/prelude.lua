@@ -73,8 +73,12 @@ local function new_vm(handle, name)
   return setmetatable({_h = handle, _name = name}, VM)
 end
 
+local Worker = {}
+Worker.__index = Worker
+
 local function is_vm(self, method)
-  if getmetatable(self) ~= VM then
+  local mt = getmetatable(self)
+  if mt ~= VM and mt ~= Worker then
     error(method .. ": call it with ':' on a VM (vm:" .. method:match("[^:]+$") .. "(...))", 3)
   end
 end
@@ -202,6 +206,193 @@ function VM:wait_until(fn, opts)
   end
 end
 
+---------------------------------------------------------------- syscalls
+
+local SYS_IOCTL = 16
+
+-- v as an integer; the error points `level` calls up (default: the API method's caller).
+local function integer(method, what, v, level)
+  local i = math.tointeger(v)
+  if i == nil then
+    error(string.format("%s: %s must be an integer, got %s", method, what, math.type(v) or type(v)),
+      level or 3)
+  end
+  return i
+end
+
+-- The syscall arguments (...), checked: at most 6 integers.
+local function int_args(method, n, ...)
+  local args = {}
+  if n > 6 then error(method .. ": at most 6 syscall arguments, got " .. n, 3) end
+  for i = 1, n do
+    args[i] = integer(method, "argument " .. (i - 1), (select(i, ...)), 4)
+  end
+  return args
+end
+
+-- {[index] = data} checked: indices 0..5, data strings.
+local function buf_table(method, bufs)
+  local out = {}
+  for idx, data in pairs(bufs) do
+    local i = math.tointeger(idx)
+    if i == nil or i < 0 or i > 5 then
+      error(method .. ": buffer index " .. tostring(idx) .. " must be an integer from 0 to 5", 3)
+    end
+    data = plain(data)
+    if type(data) ~= "string" then
+      error(method .. ": buffer " .. i .. " must be a string, got " .. type(data), 3)
+    end
+    out[i] = data
+  end
+  return out
+end
+
+local function count(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+
+-- Runs the syscall; returns ret, then buffers (index order), then pointer targets.
+local function do_syscall(self, nr, args, bufs, ptrs)
+  return call(bridge.vm_syscall, self._h, nr, args, bufs, ptrs or {})
+end
+
+function VM:syscall(nr, ...)
+  is_vm(self, "vm:syscall")
+  nr = integer("vm:syscall", "nr", nr)
+  local ret = do_syscall(self, nr, int_args("vm:syscall", select("#", ...), ...), {})
+  return ret
+end
+
+function VM:syscall_buf(nr, index, data, ...)
+  is_vm(self, "vm:syscall_buf")
+  nr = integer("vm:syscall_buf", "nr", nr)
+  index = integer("vm:syscall_buf", "buf_arg_index", index)
+  local bufs = buf_table("vm:syscall_buf", {[index] = data})
+  local ret = do_syscall(self, nr, int_args("vm:syscall_buf", select("#", ...), ...), bufs)
+  return ret
+end
+
+function VM:syscall_bufs(nr, bufs, ...)
+  is_vm(self, "vm:syscall_bufs")
+  nr = integer("vm:syscall_bufs", "nr", nr)
+  check("vm:syscall_bufs", 2, "bufs_table", bufs, "table")
+  bufs = buf_table("vm:syscall_bufs", bufs)
+  return do_syscall(self, nr, int_args("vm:syscall_bufs", select("#", ...), ...), bufs)
+end
+
+-- Pointer specs as the bridge wants them: {buf, offset, length, data}.
+local function pointer_specs(method, specs, fixed_buf)
+  local out = {}
+  for i, spec in ipairs(specs) do
+    if type(spec) ~= "table" then
+      error(string.format("%s: pointer spec %d must be a table", method, i), 3)
+    end
+    local data = plain(spec.data)
+    if data ~= nil and type(data) ~= "string" then
+      error(string.format("%s: pointer spec %d: data must be a string", method, i), 3)
+    end
+    local len = spec.data_len or spec.buf_len or (data and #data)
+    if len == nil then
+      error(string.format("%s: pointer spec %d needs %s or data", method, i,
+        fixed_buf and "buf_len" or "data_len"), 3)
+    end
+    local what = string.format("pointer spec %d", i)
+    out[i] = {
+      buf = fixed_buf or integer(method, what .. " buf_idx", spec.buf_idx, 4),
+      offset = integer(method, what .. " ptr_offset", spec.ptr_offset, 4),
+      length = integer(method, what .. (fixed_buf and " buf_len" or " data_len"), len, 4),
+      data = data or "",
+    }
+  end
+  return out
+end
+
+function VM:syscall_ptr(nr, bufs, ptrs, ...)
+  is_vm(self, "vm:syscall_ptr")
+  nr = integer("vm:syscall_ptr", "nr", nr)
+  check("vm:syscall_ptr", 2, "bufs_table", bufs, "table")
+  check("vm:syscall_ptr", 3, "ptrs_table", ptrs, "table")
+  bufs = buf_table("vm:syscall_ptr", bufs)
+  return do_syscall(self, nr, int_args("vm:syscall_ptr", select("#", ...), ...), bufs,
+    pointer_specs("vm:syscall_ptr", ptrs))
+end
+
+function VM:ioctl(fd, cmd, data)
+  is_vm(self, "vm:ioctl")
+  fd = integer("vm:ioctl", "fd", fd)
+  cmd = integer("vm:ioctl", "cmd", cmd)
+  data = plain(data)
+  check("vm:ioctl", 3, "data", data, "string", true)
+  if data == nil then
+    return (do_syscall(self, SYS_IOCTL, {fd, cmd, 0}, {})), nil
+  end
+  return do_syscall(self, SYS_IOCTL, {fd, cmd, 0}, {[2] = data})
+end
+
+function VM:ioctl_buf(fd, cmd, struct, specs)
+  is_vm(self, "vm:ioctl_buf")
+  fd = integer("vm:ioctl_buf", "fd", fd)
+  cmd = integer("vm:ioctl_buf", "cmd", cmd)
+  struct = plain(struct)
+  check("vm:ioctl_buf", 3, "struct_data", struct, "string")
+  check("vm:ioctl_buf", 4, "specs", specs, "table")
+  return do_syscall(self, SYS_IOCTL, {fd, cmd, 0}, {[2] = struct},
+    pointer_specs("vm:ioctl_buf", specs, 2))
+end
+
+---------------------------------------------------------------- jobs
+
+local function job_result(running, code, out, err, truncated)
+  return {running = running, exit_code = code, stdout = wrap(out), stderr = wrap(err),
+          truncated = truncated}
+end
+
+local function job_id(method, job)
+  if type(job) ~= "table" or math.type(job.id) ~= "integer" then
+    error(method .. ": argument 1 (job) must be the table vm:background returned", 3)
+  end
+  return job.id
+end
+
+function VM:background(cmd)
+  is_vm(self, "vm:background")
+  check("vm:background", 1, "cmd", cmd, "string")
+  local id, pid = call(bridge.vm_background, self._h, cmd)
+  return {id = id, pid = pid}
+end
+
+function VM:job_wait(job, timeout)
+  is_vm(self, "vm:job_wait")
+  local id = job_id("vm:job_wait", job)
+  check("vm:job_wait", 2, "timeout", timeout, "number", true)
+  return job_result(call(bridge.vm_job_wait, self._h, id, timeout))
+end
+
+function VM:job_kill(job)
+  is_vm(self, "vm:job_kill")
+  return job_result(call(bridge.vm_job_kill, self._h, job_id("vm:job_kill", job)))
+end
+
+---------------------------------------------------------------- workers
+
+function VM:spawn(opts)
+  if getmetatable(self) ~= VM then
+    error("spawn: only a VM can spawn workers (call vm:spawn(...))", 2)
+  end
+  check("vm:spawn", 1, "opts", opts, "table", true)
+  opts = opts or {}
+  for key in pairs(opts) do
+    if key ~= "thread" then
+      error("vm:spawn: unknown option '" .. tostring(key) .. "' (known: thread)", 2)
+    end
+  end
+  check("vm:spawn", 1, "opts.thread", opts.thread, "boolean", true)
+  local handle, pid, tid = call(bridge.vm_spawn, self._h, opts.thread == true)
+  return setmetatable({_h = handle, _name = self._name .. "/" .. tid, pid = pid, tid = tid}, Worker)
+end
+
 function VM:shutdown()
   is_vm(self, "vm:shutdown")
   call(bridge.vm_shutdown, self._h)
@@ -210,6 +401,21 @@ end
 function VM:kill()
   is_vm(self, "vm:kill")
   call(bridge.vm_kill, self._h)
+end
+
+for name, fn in pairs(VM) do
+  if name ~= "boot" and name ~= "shutdown" and name ~= "spawn" and name ~= "kill"
+      and not name:match("^__") then
+    Worker[name] = fn
+  end
+end
+Worker.__tostring = function(self) return "Worker<" .. self._name .. ">" end
+
+function Worker:kill()
+  if getmetatable(self) ~= Worker then
+    error("worker:kill: call it with ':' on a worker", 2)
+  end
+  call(bridge.worker_kill, self._h)
 end
 
 ---------------------------------------------------------------- provium
