@@ -31,10 +31,10 @@ def cold_boot(profile, cache, memory, cpus):
     return ready - started, done - started
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     profile = config.load().profile("minimal")
     cache = Cache()
     accel, _ = accelerator()

@@ -1,0 +1,27 @@
+"""Every Provium benchmark in one run: python bench/run.py [--quick].
+
+Each section prints its own table of medians and ratios; --quick uses fewer
+runs (for a smoke test, not for numbers to quote).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import boot  # noqa: E402
+import ops  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few runs: check that the benchmarks work")
+    quick = parser.parse_args().quick
+    boot.main(["--runs", "2" if quick else "7"])
+    print()
+    ops.main(["--iterations", "20" if quick else "300"])
+
+
+if __name__ == "__main__":
+    main()
