@@ -554,6 +554,31 @@ static int spawn(struct router *r, const struct request *rq)
 	return 0;
 }
 
+/* set_clock {realtime_ns}: set the guest's wall clock (after a resume it is the snapshot's). */
+static void set_clock(struct router *r, const struct request *rq)
+{
+	const struct mp_value *v = mp_map_get(rq->map, "realtime_ns");
+	struct timespec ts;
+	struct mp_map m;
+
+	if (!v || v->type != MP_UINT) {
+		msg_error(&r->out, rq->id, 0, "set_clock: field 'realtime_ns' must be a non-negative integer");
+		return;
+	}
+	ts.tv_sec = (time_t)(v->v.u / 1000000000u);
+	ts.tv_nsec = (long)(v->v.u % 1000000000u);
+	if (r->host_mode) {
+		/* the host's clock is not ours to set */
+	} else if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
+		msg_error(&r->out, rq->id, errno, "set_clock: %s", strerror(errno));
+		return;
+	}
+	mp_buf_reset(&r->out);
+	mp_map_begin(&m, &r->out);
+	mp_map_uint(&m, "id", rq->id);
+	mp_map_end(&m);
+}
+
 /* kill_worker {channel}: end a spawned worker (a thread worker is disconnected). */
 static void kill_worker(struct router *r, const struct request *rq)
 {
@@ -636,6 +661,8 @@ static void control(struct router *r, const struct frame *f)
 			return; /* the main worker replies */
 	} else if (req_op_is(&rq, "kill_worker")) {
 		kill_worker(r, &rq);
+	} else if (req_op_is(&rq, "set_clock")) {
+		set_clock(r, &rq);
 	} else if (req_op_is(&rq, "ping") || req_op_is(&rq, "poweroff")) {
 		mp_buf_reset(&r->out);
 		mp_map_begin(&m, &r->out);

@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import boot  # noqa: E402
+import fixtures  # noqa: E402
 import ops  # noqa: E402
 
 
@@ -21,6 +22,8 @@ def main():
     boot.main(["--runs", "2" if quick else "7"])
     print()
     ops.main(["--iterations", "20" if quick else "300"])
+    print()
+    fixtures.main(["--runs", "2" if quick else "9"])
 
 
 if __name__ == "__main__":

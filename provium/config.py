@@ -64,13 +64,17 @@ class Profile:
     source: str = "built-in"
 
 
+DEFAULT_FIXTURE_CACHE_LIMIT = "8G"
+
+
 @dataclass
 class Config:
-    """The suite's configuration: its root and its profiles."""
+    """The suite's configuration: its root, its profiles and the fixture cache limit."""
 
     root: Path
     path: Path | None
     raw_profiles: dict = field(default_factory=dict)
+    fixture_cache_limit: str = DEFAULT_FIXTURE_CACHE_LIMIT
 
     def profile_names(self):
         return sorted({BUILTIN_PROFILE, *self.raw_profiles})
@@ -104,13 +108,21 @@ def load(start=None):
         raise ConfigError(f"{path}: syntax error: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    unknown = sorted(set(data) - {"profiles"})
+    unknown = sorted(set(data) - {"profiles", "fixtures"})
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} (allowed: profiles)")
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} (allowed: fixtures, profiles)")
     profiles = data.get("profiles", {})
     if not isinstance(profiles, dict):
         raise ConfigError(f"{path}: 'profiles' must be a table of [profiles.NAME] tables")
-    config = Config(root=root, path=path, raw_profiles=profiles)
+    fixtures = data.get("fixtures", {})
+    if not isinstance(fixtures, dict) or set(fixtures) - {"cache_limit"}:
+        raise ConfigError(f"{path}: [fixtures] takes one key, cache_limit (a size like \"8G\")")
+    limit = fixtures.get("cache_limit", DEFAULT_FIXTURE_CACHE_LIMIT)
+    try:
+        parse_memory(limit, "cache_limit")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [fixtures]: {exc}") from None
+    config = Config(root=root, path=path, raw_profiles=profiles, fixture_cache_limit=limit)
     for name, table in profiles.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: profile {name!r} must be a table")

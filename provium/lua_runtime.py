@@ -7,13 +7,17 @@ values (VMs are integer handles), each answering (true, results...) or
 """
 
 import json
+import os
+import re
 import time
 from importlib import resources
 from pathlib import Path
 
 import lupa.lua54 as lua
 
+from .cache import digest
 from .errors import ProviumError
+from .fixtures import BuildResult
 from .vm import Disk, Pointer, Vm
 
 PRELUDE_NAME = b"provium"
@@ -50,16 +54,34 @@ def _text(value):
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
-class LuaFile:
-    """Runs one test file; reports each test through `on_test(result_dict)`."""
+def display_name(path):
+    """How a file is named in reports: relative to the current directory when below it."""
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else os.path.abspath(path)
 
-    def __init__(self, path, display_name, config, cache, on_test, interrupted=lambda: False):
+
+_MODULE_PART = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class LuaFile:
+    """Runs one Lua file: a test file (run) or a fixture script (build_fixture).
+
+    Test results go to `on_test(result_dict)`. With snapshot_root, the file is a
+    fixture being built: its VMs keep their RAM in files under snapshot_root.
+    """
+
+    def __init__(self, path, display, config, cache, on_test, interrupted=lambda: False,
+                 fixtures=None, snapshot_root=None):
         self.path = Path(path)
-        self.display_name = display_name
+        self.display_name = display
         self.config = config
         self.cache = cache
         self.on_test = on_test
         self.interrupted = interrupted
+        self.fixtures = fixtures
+        self.snapshot_root = snapshot_root
+        self.required_files = {}
+        self.fixture_deps = {}
         self._vms = {}
         self._workers = {}
         self._next_handle = 1
@@ -70,7 +92,7 @@ class LuaFile:
         self.runtime.globals().python = None
         bridge = self.runtime.table_from({
             name.encode(): self._guarded(getattr(self, f"_op_{name}"))
-            for name in ("create", "shutdown_all", "vm_boot", "vm_exec", "vm_json", "vm_read_file",
+            for name in ("create", "fixture", "require_source", "shutdown_all", "vm_boot", "vm_exec", "vm_json", "vm_read_file",
                          "vm_write_file", "vm_shutdown", "vm_kill", "vm_syscall", "vm_background",
                          "vm_job_wait", "vm_job_kill", "vm_spawn", "worker_kill", "begin_test", "end_test")
         })
@@ -89,24 +111,54 @@ class LuaFile:
                 result = fn(*args)
             except ProviumError as exc:
                 return False, str(exc).encode()
+            except Exception as exc:  # a bug in provium: say so rather than pass for a test failure
+                return False, f"internal error ({type(exc).__name__}): {exc}".encode()
             if not isinstance(result, tuple):
                 result = () if result is None else (result,)
             return (True, *map(_lua_value, result))
         return guarded
 
-    def run(self):
-        """Run the file; a file-level error (syntax, error outside tests) is reported as a result."""
+    def _execute(self):
+        """Run the file's chunk: (file-level failure dict or None, handle of a VM it returned or None)."""
         try:
             source = self.path.read_bytes()
         except OSError as exc:
-            self._report({"outcome": "error", "message": f"cannot read {self.display_name}: {exc.strerror}"},
-                         name="<file>", duration=0.0)
-            return
+            return {"outcome": "error", "message": f"cannot read {self.display_name}: {exc.strerror}"}, None
+        failure, handle = self._run_source(source, b"@" + self.display_name.encode())
+        return (dict(failure) if failure is not None else None), handle
+
+    def run(self):
+        """Run the file; a file-level error (syntax, error outside tests) is reported as a result."""
         started = time.monotonic()
         try:
-            failure = self._run_source(source, b"@" + self.display_name.encode())
+            failure, _ = self._execute()
             if failure is not None:
-                self._report(dict(failure), name="<file>", duration=time.monotonic() - started)
+                self._report(failure, name="<file>", duration=time.monotonic() - started)
+        finally:
+            self._stop_vms(self._vms)
+
+    def build_fixture(self):
+        """Run a fixture script; the BuildResult holding the VM to snapshot (still running)."""
+        failures = []
+        self.on_test = lambda data: failures.append(data) if data.get("outcome") in ("failed", "error") else None
+        try:
+            failure, handle = self._execute()
+            if failure is None and failures:
+                failure = failures[0]
+            if failure is not None:
+                failure = {_text(k): _text(v) for k, v in failure.items()}
+                where = failure.get("where")
+                raise ProviumError(f"{where}: {failure.get('message')}" if where else failure.get("message"))
+            if handle is None:
+                running = [h for h, vm in self._vms.items() if vm.state == "running"]
+                if len(running) != 1:
+                    raise ProviumError(f"{self.display_name} must return the VM to snapshot "
+                                       f"(it has {len(running)} running VMs)")
+                handle, = running
+            vm = self._vms.pop(handle)
+            if vm.state != "running":
+                raise ProviumError(f"{self.display_name} returned a VM that is not running ({vm.state})")
+            return BuildResult(vm, {str(p): digest(p) for p in self.required_files}, dict(self.fixture_deps))
         finally:
             self._stop_vms(self._vms)
 
@@ -132,13 +184,43 @@ class LuaFile:
         self._next_handle += 1
         return handle
 
-    def _op_create(self, profile):
-        vm = Vm(self.config.profile(_text(profile)), self.cache)
-        handle = self._new_handle()
+    def _snapshot_dir(self, handle):
+        return self.snapshot_root / f"vm{handle}" if self.snapshot_root else None
+
+    def _add_vm(self, handle, vm):
         self._vms[handle] = vm
         if self._test is not None:
             self._test["vms"].append(handle)
         return handle
+
+    def _op_create(self, profile):
+        handle = self._new_handle()
+        return self._add_vm(handle, Vm(self.config.profile(_text(profile)), self.cache,
+                                       snapshot_dir=self._snapshot_dir(handle)))
+
+    def _op_fixture(self, name):
+        name = _text(name)
+        handle = self._new_handle()
+        vm = self.fixtures.clone(name, snapshot_dir=self._snapshot_dir(handle))
+        if self.snapshot_root:
+            self.fixture_deps[name] = self.fixtures.key(name)
+        return self._add_vm(handle, vm)
+
+    def _op_require_source(self, name):
+        """The source and chunk name of module `name`, from the suite root or the file's directory."""
+        name = _text(name)
+        parts = name.split(".")
+        if not all(_MODULE_PART.match(part) for part in parts):
+            raise ProviumError(f"require: module name {name!r} must be dot-separated plain names "
+                               f"(no '/', '..' or absolute paths)")
+        tried = []
+        for base in dict.fromkeys((self.config.root, self.path.parent.resolve())):
+            for candidate in (base.joinpath(*parts[:-1], parts[-1] + ".lua"), base.joinpath(*parts, "init.lua")):
+                if candidate.is_file():
+                    self.required_files[candidate] = True
+                    return candidate.read_bytes(), b"@" + display_name(candidate).encode()
+                tried.append(str(candidate))
+        raise ProviumError(f"require: module {name!r} not found (tried {', '.join(tried)})")
 
     def _op_shutdown_all(self):
         handles = self._test["vms"] if self._test is not None else list(self._vms)
@@ -239,3 +321,10 @@ class LuaFile:
     def _stop_vms(vms):
         for vm in vms.values():
             vm.shutdown()
+
+
+def build_fixture(fixtures, name, path, build_dir):
+    """Run fixtures/NAME.lua in its own runtime (Fixtures' script runner)."""
+    lua = LuaFile(path, display_name(path), fixtures.config, fixtures.cache, on_test=lambda _: None,
+                  fixtures=fixtures, snapshot_root=build_dir)
+    return lua.build_fixture()

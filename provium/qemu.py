@@ -95,16 +95,29 @@ def kernel_cmdline(accel, tsc_khz, extra=""):
 class QemuMachine:
     """A QEMU process booting `vmlinux` + `initrd` on a microvm machine."""
 
-    def __init__(self, *, vmlinux, initrd, cmdline, memory_mib, cpus, accel, disks=(), name="vm"):
+    def __init__(self, *, vmlinux, initrd, cmdline, memory_mib, cpus, accel, disks=(), name="vm",
+                 ram_file=None, ram_shared=True, incoming=None, workdir=None):
+        """ram_file: back guest RAM with this file (needed to snapshot or to resume);
+        ram_shared=False maps it copy-on-write. incoming: a snapshot's device state
+        file to resume from (the VM then waits paused for resume_incoming())."""
         self.name = name
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"provium-{name}-"))
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"provium-{name}-"))
         self.console_path = self.workdir / "console.log"
         self.agent_path = self.workdir / "agent.sock"
         self.qmp_path = self.workdir / "qmp.sock"
         self._stderr_path = self.workdir / "qemu.stderr"
+        machine = f"microvm,accel={accel}"
+        memory_args = []
+        if ram_file is not None:
+            machine += ",memory-backend=ram"
+            memory_args = [
+                "-object", f"memory-backend-file,id=ram,size={memory_mib}M,"
+                           f"mem-path={_qemu_escape(ram_file)},share={'on' if ram_shared else 'off'}",
+            ]
+        self._incoming = incoming
         self.args = [
             find_qemu(), "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-machine", f"microvm,accel={accel}",
+            "-machine", machine, *memory_args,
             "-m", str(memory_mib), "-smp", str(cpus),
             "-kernel", str(vmlinux), "-initrd", str(initrd), "-append", cmdline,
             "-chardev", f"file,id=console,path={self.console_path}", "-serial", "chardev:console",
@@ -114,9 +127,8 @@ class QemuMachine:
             "-chardev", f"socket,id=qmp,path={self.qmp_path}", "-mon", "chardev=qmp,mode=control",
         ]
         for index, disk in enumerate(disks):
-            path = str(disk.path).replace(",", ",,")
             self.args += [
-                "-drive", f"file={path},format={disk.format},if=none,id=disk{index},"
+                "-drive", f"file={_qemu_escape(disk.path)},format={disk.format},if=none,id=disk{index},"
                           f"readonly={'on' if disk.readonly else 'off'}",
                 "-device", f"virtio-blk-device,drive=disk{index}",
             ]
@@ -130,9 +142,10 @@ class QemuMachine:
         listener.listen(1)
         try:
             self.qmp = QEMUMonitorProtocol(str(self.qmp_path), server=True)
+            args = self.args if self._incoming is None else [*self.args, "-incoming", "defer"]
             with open(self._stderr_path, "wb") as stderr:
                 self.process = subprocess.Popen(
-                    ["setpriv", "--pdeathsig", "KILL", "--", *self.args],
+                    ["setpriv", "--pdeathsig", "KILL", "--", *args],
                     stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, process_group=0)
             with _live_lock:
                 _live.add(self)
@@ -147,7 +160,13 @@ class QemuMachine:
                         raise QemuError(f"QEMU exited at start: {self.stderr_text() or 'no output'}") from None
                     if time.monotonic() > deadline:
                         raise QemuError(f"QEMU did not connect to the agent socket within {timeout:.0f} s") from None
-            self.qmp.accept(timeout=max(0.1, deadline - time.monotonic()))
+            try:
+                self.qmp.accept(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception as exc:  # qemu.qmp raises ConnectError, EOFError, TimeoutError...
+                self.wait(1.0)
+                detail = self.stderr_text() or f"{type(exc).__name__}: {exc}"
+                raise QemuError(f"QEMU's monitor did not come up: {detail}") from None
+            self.qmp.settimeout(30.0)
             agent.setblocking(True)
             return agent
         except BaseException:
@@ -155,6 +174,62 @@ class QemuMachine:
             raise
         finally:
             listener.close()
+
+    def _cmd(self, name, **args):
+        """A QMP command; QemuError (with QEMU's own words) when QEMU fails it or is gone."""
+        try:
+            return self.qmp.cmd(name, **args)
+        except Exception as exc:  # qemu.qmp raises ExecuteError, StateError, EOFError...
+            self.wait(0.5)
+            raise QemuError(f"QMP {name} failed: {self.stderr_text() or exc}") from None
+
+    def _wait_migration(self, query, done, what, timeout):
+        """Poll a QMP query until done(reply) is true; QemuError when it fails or times out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._cmd(query)
+            if done(reply):
+                return reply
+            status = reply.get("status")
+            if status == "failed" or self.returncode is not None:
+                raise QemuError(f"{what} failed: {reply.get('error-desc') or self.stderr_text() or status}")
+            if time.monotonic() > deadline:
+                raise QemuError(f"{what} did not finish within {timeout:.0f} s (status {status})")
+            time.sleep(0.002)
+
+    def _ignore_shared_ram(self):
+        """Migrate device state only: guest RAM is the shared RAM file."""
+        self._cmd("migrate-set-capabilities",
+                     capabilities=[{"capability": "x-ignore-shared", "state": True}])
+
+    def _pass_fd(self, fd, name):
+        self.qmp.send_fd_scm(fd)
+        self._cmd("getfd", fdname=name)
+
+    def snapshot(self, state_path, timeout=60.0):
+        """Pause the guest and save its device state to state_path (RAM stays in the RAM file)."""
+        self._cmd("stop")
+        self._ignore_shared_ram()
+        self._cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+        with open(state_path, "wb") as state:
+            self._pass_fd(state.fileno(), "snapshot")
+            self._cmd("migrate", uri="fd:snapshot")
+            self._wait_migration("query-migrate", lambda r: r.get("status") == "completed",
+                                 "saving the snapshot", timeout)
+            state.flush()
+            os.fsync(state.fileno())
+        if os.path.getsize(state_path) == 0:
+            raise QemuError("saving the snapshot wrote no device state")
+
+    def resume_incoming(self, timeout=30.0):
+        """Load the snapshot given as `incoming`, then let the guest run."""
+        self._ignore_shared_ram()
+        with open(self._incoming, "rb") as state:
+            self._pass_fd(state.fileno(), "snapshot")
+        self._cmd("migrate-incoming", uri="fd:snapshot")
+        self._wait_migration("query-status", lambda r: r.get("status") != "inmigrate",
+                             "restoring the snapshot", timeout)
+        self._cmd("cont")
 
     def stderr_text(self):
         try:
@@ -197,6 +272,11 @@ class QemuMachine:
         with _live_lock:
             _live.discard(self)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _qemu_escape(path):
+    """A path as a QEMU option value: commas doubled."""
+    return str(path).replace(",", ",,")
 
 
 def kill_all():

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .lua_runtime import LuaFile
+from .fixtures import Fixtures
+from .lua_runtime import LuaFile, build_fixture, display_name
 
 OUTCOMES = ("passed", "failed", "error", "skipped")
 
@@ -69,12 +70,6 @@ def discover(paths):
     return unique
 
 
-def display_name(path):
-    """How a file is named in reports: relative to the current directory when below it."""
-    relative = os.path.relpath(path)
-    return relative if not relative.startswith("..") else os.path.abspath(path)
-
-
 _DETAIL_KEYS = ("expected", "actual", "haystack", "needle")
 
 
@@ -82,6 +77,7 @@ def run(files, config, cache, reporter, interrupted=lambda: False):
     """Run every file in order; returns the Summary."""
     summary = Summary()
     started = time.monotonic()
+    fixtures = Fixtures(config, cache, build_fixture)
     for path in files:
         if interrupted():
             break
@@ -100,7 +96,7 @@ def run(files, config, cache, reporter, interrupted=lambda: False):
             summary.results.append(result)
             reporter.test_finished(result)
 
-        LuaFile(path, name, config, cache, on_test, interrupted).run()
+        LuaFile(path, name, config, cache, on_test, interrupted, fixtures=fixtures).run()
         reporter.file_finished(name)
     summary.duration = time.monotonic() - started
     return summary

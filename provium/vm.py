@@ -6,9 +6,11 @@ worker is channel 1); GuestOps holds them so that workers can share them.
 """
 
 import functools
+import os
 import re
 import shlex
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 from . import agent_build, images, protocol, qemu
 from .agent_client import AgentClient, ConnectionLost
 from .config import parse_memory
-from .errors import AgentError, BootError, ConfigError, DeadlineError, VmStateError
+from .errors import AgentError, BootError, ConfigError, DeadlineError, ImageError, VmStateError
 
 BOOT_TIMEOUT = 60.0
 OP_TIMEOUT = 120.0
@@ -24,6 +26,34 @@ SHUTDOWN_TIMEOUT = 10.0
 CONSOLE_TAIL_LINES = 25
 
 _PANIC = re.compile(r"Kernel panic - not syncing:.*|BUG: .*|Oops: .*|general protection fault.*")
+
+
+SNAPSHOT_RAM = "ram"
+SNAPSHOT_STATE = "state"
+
+
+@dataclass(frozen=True)
+class SnapshotSpec:
+    """What a snapshot's clones must start with: the source's exact machine."""
+
+    profile: str
+    vmlinux: str
+    initrd: str
+    cmdline: str
+    memory_mib: int
+    cpus: int
+    accel: str
+    disks: tuple = ()  # (format, readonly) per disk, in order
+
+
+def _overlay(path, backing, backing_format):
+    """A new qcow2 overlay at `path` whose writes stay out of `backing`."""
+    result = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(Path(backing).resolve()), str(path)],
+        capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ImageError(f"cannot create a disk overlay on {backing}: {result.stderr.strip()}")
+    return path
 
 
 @dataclass(frozen=True)
@@ -183,10 +213,12 @@ class GuestOps:
 class Vm(GuestOps):
     """A guest booted from a profile. States: created → running → stopped."""
 
-    def __init__(self, profile, cache, name=None):
+    def __init__(self, profile, cache, name=None, snapshot_dir=None):
         self.profile = profile
         self.cache = cache
         self.name = name or profile.name
+        self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
+        self.spec = None
         self.state = "created"
         self.machine = None
         self.client = None
@@ -200,7 +232,9 @@ class Vm(GuestOps):
         """Start the guest and wait until its agent answers.
 
         files: {guest path: host Path} copied in after boot (parents created,
-        host mode kept). disks: Disk images attached in order.
+        host mode kept). disks: Disk images attached in order. A Vm made with
+        snapshot_dir keeps its RAM in a file there and writes its disks to
+        overlays there, so that snapshot() can save it.
         """
         if self.state != "created":
             raise VmStateError(f"VM {self.name!r} cannot boot: it is {self.state}")
@@ -216,10 +250,19 @@ class Vm(GuestOps):
         boot_images = images.prepare(self.profile, self.cache)
         accel, _ = accelerator()
         tsc = host_tsc_khz(agent_build.build(self.cache))
+        ram_file = None
+        if self.snapshot_dir is not None:
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+            ram_file = self.snapshot_dir / SNAPSHOT_RAM
+            disks = [Disk(_overlay(self.snapshot_dir / f"disk{i}.qcow2", d.path, d.format), "qcow2", d.readonly)
+                     for i, d in enumerate(disks)]
+        self.spec = SnapshotSpec(
+            profile=self.profile.name, vmlinux=str(boot_images.vmlinux), initrd=str(boot_images.initrd),
+            cmdline=qemu.kernel_cmdline(accel, tsc, self.profile.cmdline), memory_mib=memory_mib,
+            cpus=cpus, accel=accel, disks=tuple((d.format, d.readonly) for d in disks))
         self.machine = qemu.QemuMachine(
-            vmlinux=boot_images.vmlinux, initrd=boot_images.initrd,
-            cmdline=qemu.kernel_cmdline(accel, tsc, self.profile.cmdline),
-            memory_mib=memory_mib, cpus=cpus, accel=accel, disks=disks, name=self.name)
+            vmlinux=boot_images.vmlinux, initrd=boot_images.initrd, cmdline=self.spec.cmdline,
+            memory_mib=memory_mib, cpus=cpus, accel=accel, disks=disks, name=self.name, ram_file=ram_file)
         self.state = "running"
         try:
             self.client = AgentClient(self.machine.launch(timeout))
@@ -271,6 +314,57 @@ class Vm(GuestOps):
         else:
             head = f"QEMU exited with status {code}" + (f" ({machine.stderr_text()})" if machine.stderr_text() else "")
         return f"{head}\n{format_console_tail(console, panic.start() if panic else None)}"
+
+    @classmethod
+    def resume(cls, profile, cache, spec, entry, name=None, snapshot_dir=None, timeout=BOOT_TIMEOUT):
+        """A running clone of the snapshot in directory `entry` (made by snapshot()).
+
+        The clone maps the snapshot's RAM file copy-on-write and writes its disks
+        to overlays of its own. With snapshot_dir, the clone gets a private copy
+        of the RAM file there instead, so that it can be snapshotted in turn.
+        """
+        vm = cls(profile, cache, name, snapshot_dir)
+        vm.spec = spec
+        started = time.monotonic()
+        workdir = Path(tempfile.mkdtemp(prefix=f"provium-{vm.name}-"))
+        disk_dir = vm.snapshot_dir or workdir
+        ram_file, shared = Path(entry) / SNAPSHOT_RAM, False
+        if vm.snapshot_dir is not None:
+            vm.snapshot_dir.mkdir(parents=True, exist_ok=True)
+            ram_file, shared = vm.snapshot_dir / SNAPSHOT_RAM, True
+            subprocess.run(["cp", "--sparse=always", str(Path(entry) / SNAPSHOT_RAM), str(ram_file)], check=True)
+        disks = [Disk(_overlay(disk_dir / f"disk{i}.qcow2", Path(entry) / f"disk{i}.qcow2", "qcow2"), "qcow2", readonly)
+                 for i, (_, readonly) in enumerate(spec.disks)]
+        vm.machine = qemu.QemuMachine(
+            vmlinux=spec.vmlinux, initrd=spec.initrd, cmdline=spec.cmdline, memory_mib=spec.memory_mib,
+            cpus=spec.cpus, accel=spec.accel, disks=disks, name=vm.name, ram_file=ram_file,
+            ram_shared=shared, incoming=Path(entry) / SNAPSHOT_STATE, workdir=workdir)
+        vm.state = "running"
+        try:
+            vm.client = AgentClient(vm.machine.launch(timeout))
+            vm.machine.resume_incoming(timeout)
+            vm.client.handshake(timeout)
+            vm.client.request(protocol.ROUTER_CHANNEL, "set_clock", OP_TIMEOUT, realtime_ns=time.time_ns())
+        except (ConnectionLost, DeadlineError) as exc:
+            raise BootError(f"VM {vm.name!r} did not resume: {exc}: {vm._explain()}") from None
+        except BaseException:
+            vm.kill()
+            raise
+        vm.boot_seconds = time.monotonic() - started
+        return vm
+
+    def snapshot(self):
+        """Save the running guest into its snapshot_dir and stop it; returns its SnapshotSpec."""
+        if self.snapshot_dir is None:
+            raise VmStateError(f"VM {self.name!r} was not started for a snapshot")
+        if self.state != "running":
+            raise VmStateError(f"VM {self.name!r} is not running ({self.state}): cannot snapshot")
+        self.machine.snapshot(self.snapshot_dir / SNAPSHOT_STATE)
+        self.kill()
+        for path in self.snapshot_dir.iterdir():
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+        return self.spec
 
     def spawn(self, thread=False):
         """A new worker: a forked copy of the VM's main worker process, or a thread of it."""

@@ -41,18 +41,18 @@ class Suite:
         path.write_text(textwrap.dedent(text))
         return path
 
-    def env(self):
-        return {**os.environ, "TMPDIR": str(self.tmp)}
+    def env(self, extra=None):
+        return {**os.environ, "TMPDIR": str(self.tmp), **(extra or {})}
 
     def command(self, *args):
         return [sys.executable, "-m", "provium", *args]
 
-    def run(self, *args, timeout=300):
-        return subprocess.run(self.command(*args), cwd=self.root, env=self.env(),
+    def run(self, *args, timeout=300, env=None):
+        return subprocess.run(self.command(*args), cwd=self.root, env=self.env(env),
                               capture_output=True, text=True, timeout=timeout)
 
-    def popen(self, *args):
-        return subprocess.Popen(self.command(*args), cwd=self.root, env=self.env(),
+    def popen(self, *args, env=None):
+        return subprocess.Popen(self.command(*args), cwd=self.root, env=self.env(env),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def qemu_pids(self):

@@ -428,8 +428,29 @@ function provium.create(profile)
   return new_vm(handle, profile)
 end
 
+function provium.fixture(name)
+  check("provium.fixture", 1, "name", name, "string")
+  local handle = call(bridge.fixture, name)
+  return new_vm(handle, name)
+end
+
 function provium.shutdown_all()
   call(bridge.shutdown_all)
+end
+
+local loaded = {}
+
+-- Module-local require: NAME.lua or NAME/init.lua below the suite root or the file's directory.
+function require(name)
+  check("require", 1, "name", name, "string")
+  if loaded[name] == nil then
+    local source, chunkname = call(bridge.require_source, name)
+    local chunk, message = load(source, chunkname, "t")
+    if not chunk then error(message, 2) end
+    local result = chunk(name)
+    loaded[name] = result == nil and true or result
+  end
+  return loaded[name]
 end
 
 local PACK_CODES = {u8 = "I1", u16 = "I2", i16 = "i2", u32 = "I4", i32 = "i4", u64 = "I8", i64 = "i8"}
@@ -594,12 +615,14 @@ function print(...)
   bridge.output(table.concat(parts, "\t", 1, parts.n) .. "\n")
 end
 
--- Runs a test file's source; returns nil or a file-level error table.
+-- Runs a file's source: a file-level error table or nil, then the handle of a VM it returned.
 return function(source, chunkname)
   local chunk, message = load(source, chunkname, "t")
   if not chunk then
-    return {outcome = "error", message = message}
+    return {outcome = "error", message = message}, nil
   end
   local ok, result = xpcall(chunk, on_error)
-  if not ok then return result end
+  if not ok then return result, nil end
+  if getmetatable(result) == VM then return nil, result._h end
+  return nil, nil
 end

@@ -1,0 +1,231 @@
+"""Fixtures: prepared guests built once by fixtures/NAME.lua, snapshotted, resumed as clones.
+
+An entry lives in <cache>/fixtures/NAME/KEY/: the guest's RAM file, its device
+state, its frozen disk overlays and manifest.json. The key covers the fixture's
+source, the suite's provium.toml, the agent, the QEMU version and the
+accelerator; the manifest records what else the build depended on (the boot
+images of its profile, the files it required, the fixtures it started from),
+and a lookup that finds any of them changed rebuilds. Entries are built in a
+temporary directory and renamed into place under a lock, so a killed build
+leaves nothing a later run trusts; an entry that fails to restore is rebuilt
+once. A size cap evicts the least recently used entries.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from . import agent_build, images, qemu
+from .cache import digest, locked
+from .config import parse_memory
+from .errors import BootError, ProviumError, QemuError
+from .vm import SNAPSHOT_RAM, SNAPSHOT_STATE, SnapshotSpec, Vm, accelerator
+
+_FORMAT = 1
+MANIFEST = "manifest.json"
+LAST_USED = "last-used"
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+class FixtureError(ProviumError):
+    """A fixture is missing or could not be built; the message says where and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str
+    key: str
+    path: Path
+    spec: SnapshotSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildResult:
+    """What running a fixture script produced: the VM to snapshot and what it used."""
+
+    vm: Vm
+    files: dict  # required file path -> content digest
+    deps: dict   # fixture name -> key
+
+
+@functools.lru_cache(maxsize=None)
+def qemu_version():
+    out = subprocess.run([qemu.find_qemu(), "--version"], capture_output=True, text=True)
+    return out.stdout.splitlines()[0] if out.stdout else "unknown"
+
+
+def disk_usage(path):
+    """Bytes a directory tree really occupies (RAM files are sparse)."""
+    return sum(p.stat().st_blocks * 512 for p in Path(path).rglob("*") if p.is_file())
+
+
+class Fixtures:
+    """The fixtures of one suite. run_script(fixtures, name, path, build_dir) -> BuildResult."""
+
+    def __init__(self, config, cache, run_script):
+        self.config = config
+        self.cache = cache
+        self.run_script = run_script
+        self.root = cache.root / "fixtures"
+        self.limit = parse_memory(config.fixture_cache_limit, "fixtures.cache_limit") * 1024 * 1024
+        self._entries = {}
+        self._failed = {}
+        self._building = []
+
+    # ---------------------------------------------------------------- naming and keys
+
+    def source(self, name):
+        """fixtures/NAME.lua under the suite root; FixtureError when it does not exist."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise FixtureError(f"fixture name {name!r} is not a plain name (letters, digits, _ . -)")
+        path = self.config.root / "fixtures" / f"{name}.lua"
+        if not path.is_file():
+            raise FixtureError(f"fixture {name!r} not found: no file {path}")
+        return path
+
+    def key(self, name):
+        """The key of the fixture's current source and environment."""
+        config_text = self.config.path.read_bytes() if self.config.path else b""
+        return digest(_FORMAT, self.source(name), config_text, agent_build.build(self.cache),
+                      qemu_version(), accelerator()[0])
+
+    # ---------------------------------------------------------------- lookup
+
+    def entry(self, name):
+        """A valid entry for `name`, built if there is none (once, even across processes)."""
+        if name in self._failed:
+            raise FixtureError(self._failed[name])
+        if name in self._building:
+            raise FixtureError(f"fixture {name!r} depends on itself: {' -> '.join([*self._building, name])}")
+        key = self.key(name)
+        known = self._entries.get(name)
+        if known and known.key == key:
+            return known
+        final = self.root / name / key
+        entry = self._load(name, key)
+        if entry is None:
+            with locked(final):
+                entry = self._load(name, key) or self._build(name, key)
+        self._entries[name] = entry
+        return entry
+
+    def _load(self, name, key):
+        """The entry at NAME/KEY if it is complete and nothing it depends on changed, else None."""
+        path = self.root / name / key
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+            spec = SnapshotSpec(**{**manifest["spec"], "disks": tuple(map(tuple, manifest["spec"]["disks"]))})
+            if (path / SNAPSHOT_RAM).stat().st_size != spec.memory_mib * 1024 * 1024:
+                return None
+            if (path / SNAPSHOT_STATE).stat().st_size == 0:
+                return None
+            if not all((path / f"disk{i}.qcow2").is_file() for i in range(len(spec.disks))):
+                return None
+            boot = images.prepare(self.config.profile(spec.profile), self.cache)
+            if (str(boot.vmlinux), str(boot.initrd)) != (spec.vmlinux, spec.initrd):
+                return None
+            for file, file_digest in manifest["files"].items():
+                if not Path(file).is_file() or digest(Path(file)) != file_digest:
+                    return None
+            for dep, dep_key in manifest["deps"].items():
+                if self.key(dep) != dep_key:
+                    return None
+        except (OSError, ValueError, KeyError, TypeError, ProviumError):
+            return None  # missing, partial, corrupt or stale: a miss, never a crash
+        return Entry(name, key, path, spec)
+
+    # ---------------------------------------------------------------- building
+
+    def _build(self, name, key):
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._sweep()
+        build_dir = self.root / name / f".build-{os.getpid()}-{time.monotonic_ns()}"
+        build_dir.mkdir(parents=True)
+        try:
+            self._building.append(name)
+            try:
+                result = self.run_script(self, name, self.source(name), build_dir)
+            except ProviumError as exc:
+                self._failed[name] = f"fixture {name!r} failed to build: {exc}"
+                raise FixtureError(self._failed[name]) from None
+            finally:
+                self._building.pop()
+            snapshot_dir = result.vm.snapshot_dir
+            spec = result.vm.snapshot()
+            manifest = {"name": name, "key": key, "created": time.time(), "spec": dataclasses.asdict(spec),
+                        "files": result.files, "deps": result.deps}
+            (snapshot_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            (snapshot_dir / LAST_USED).touch()
+            final = self.root / name / key
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(snapshot_dir, final)
+            fd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            shutil.rmtree(build_dir, ignore_errors=True)
+        self.evict(keep=final)
+        return Entry(name, key, final, spec)
+
+    def _sweep(self):
+        """Remove build directories of provium processes that are gone (killed mid-build)."""
+        for build in self.root.glob("*/.build-*"):
+            pid = int(build.name.split("-")[1]) if build.name.split("-")[1].isdigit() else 0
+            if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(build, ignore_errors=True)
+
+    # ---------------------------------------------------------------- clones
+
+    def clone(self, name, snapshot_dir=None):
+        """A running, independent clone of fixture `name` (resumed from its snapshot)."""
+        entry = self.entry(name)
+        for attempt in (1, 2):
+            try:
+                vm = Vm.resume(self.config.profile(entry.spec.profile), self.cache, entry.spec, entry.path,
+                               name=name, snapshot_dir=snapshot_dir)
+                break
+            except (BootError, QemuError):
+                if attempt == 2:
+                    raise
+                with locked(entry.path):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                self._entries.pop(name, None)
+                entry = self.entry(name)
+        (entry.path / LAST_USED).touch()
+        return vm
+
+    # ---------------------------------------------------------------- the cache as a whole
+
+    def entries(self):
+        """Every complete entry on disk: (name, key, path, bytes, last use)."""
+        rows = []
+        for manifest in sorted(self.root.glob(f"*/*/{MANIFEST}")):
+            path = manifest.parent
+            last = path / LAST_USED
+            rows.append((path.parent.name, path.name, path, disk_usage(path),
+                         last.stat().st_mtime if last.exists() else manifest.stat().st_mtime))
+        return rows
+
+    def evict(self, keep=None):
+        """Delete least recently used entries until the cache fits its limit."""
+        rows = sorted(self.entries(), key=lambda row: row[4])
+        total = sum(row[3] for row in rows)
+        for _, _, path, size, _ in rows:
+            if total <= self.limit:
+                break
+            if path != keep:
+                shutil.rmtree(path, ignore_errors=True)
+                total -= size
+
+    def clean(self):
+        """Delete every fixture entry."""
+        shutil.rmtree(self.root, ignore_errors=True)
+

@@ -1,0 +1,182 @@
+"""Fixtures: built once, snapshotted, resumed as independent clones; rebuilt when inputs change."""
+
+import json
+import shutil
+import signal
+import time
+import uuid
+
+from provium.cache import default_root
+from provium.config import newest_host_kernel
+
+
+def unique(text):
+    """Fixture source made unique to this test run, so its cache key is new."""
+    return f"-- {uuid.uuid4()}\n{text}"
+
+
+def entries(name):
+    """Manifests of the complete cache entries of fixture `name`."""
+    return [json.loads(p.read_text()) for p in (default_root() / "fixtures" / name).glob("*/manifest.json")]
+
+
+BASE = """\
+local vm = provium.create("minimal")
+vm:boot{memory = "256M"}
+vm:write_file("/tmp/prepared", "by the fixture")
+vm:exec("cat /proc/sys/kernel/random/boot_id > /tmp/boot_id")
+vm:background("sleep 1000")
+return vm
+"""
+
+
+def copy_host_module(suite, name):
+    """A module of the guest's kernel (the built-in profile's) copied into the suite; its file name."""
+    _, modules = newest_host_kernel()
+    found = next(modules.rglob(f"{name}.ko"))
+    shutil.copy(found, suite.root / f"{name}.ko")
+    return f"{name}.ko"
+
+
+def test_state_survives_and_clones_are_independent(suite):
+    copy_host_module(suite, "dummy")
+    suite.write("fixtures/state_base.lua", unique(BASE.replace('vm:boot{memory = "256M"}', """\
+vm:boot{memory = "256M", files = {["/tmp/dummy.ko"] = "../dummy.ko"}}
+assert(vm:exec("insmod /tmp/dummy.ko").ok)""")))
+    suite.write("fixtures/state_derived.lua", unique("""\
+        local vm = provium.fixture("state_base")
+        vm:write_file("/tmp/derived", "on top")
+        """))
+    suite.write("t.lua", """\
+        test("state is there after resume", function()
+          local vm = provium.fixture("state_base")
+          assert_eq("by the fixture", vm:read_file("/tmp/prepared"))
+          assert(vm:exec("ps | grep -q '[s]leep 1000'").ok, "the background process survives")
+          assert_contains(vm:read_file("/proc/modules"), "dummy ")
+          assert(vm:exec("ip link add d0 type dummy").ok, "the loaded module works")
+          local now = tonumber(vm:exec("date +%s").stdout.trim())
+          assert(math.abs(now - os.time()) <= 2, "the clock is set from the host")
+        end)
+        test("two resumes in one test are independent", function()
+          local a, b = provium.fixture("state_base"), provium.fixture("state_base")
+          a:write_file("/tmp/prepared", "changed by a")
+          assert_eq("by the fixture", b:read_file("/tmp/prepared"))
+          assert(a:exec("true").ok and b:syscall(39) > 0)
+          local w = b:spawn()
+          assert_eq("by the fixture", w:read_file("/tmp/prepared"))
+        end)
+        test("what one test changed, the next does not see", function()
+          local vm = provium.fixture("state_base")
+          assert_eq("by the fixture", vm:read_file("/tmp/prepared"))
+        end)
+        test("a fixture built on another fixture", function()
+          local vm = provium.fixture("state_derived")
+          assert_eq("on top", vm:read_file("/tmp/derived"))
+          assert_eq("by the fixture", vm:read_file("/tmp/prepared"))
+        end)
+        """)
+    result = suite.run("run", "t.lua")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "4 passed, 0 failed, 0 skipped"
+    assert len(entries("state_base")) >= 1 and suite.qemu_pids() == []
+
+
+def test_a_fixture_with_disks(suite):
+    (suite.root / "fixtures").mkdir()
+    (suite.root / "fixtures" / "data.img").write_bytes(bytes(4 * 1024 * 1024))
+    suite.write("fixtures/with_disk.lua", unique("""\
+        local vm = provium.create("minimal")
+        vm:boot{memory = "256M", disks = {{path = "data.img", format = "raw"}}}
+        assert(vm:exec("printf fixture-data | dd of=/dev/vda conv=fsync 2>/dev/null").ok)
+        return vm
+        """))
+    suite.write("t.lua", """\
+        test("disk content comes back, each clone writes its own overlay", function()
+          local a = provium.fixture("with_disk")
+          assert_eq("fixture-data", a:exec("head -c 12 /dev/vda").stdout.value)
+          assert(a:exec("printf clone-a!!!!! | dd of=/dev/vda conv=fsync 2>/dev/null").ok)
+          local b = provium.fixture("with_disk")
+          assert_eq("fixture-data", b:exec("head -c 12 /dev/vda").stdout.value)
+          assert_eq("clone-a!!!!!", a:exec("head -c 12 /dev/vda").stdout.value)
+        end)
+        """)
+    result = suite.run("run", "t.lua")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (suite.root / "fixtures" / "data.img").read_bytes() == bytes(4 * 1024 * 1024), "the image is never written"
+
+
+def test_rebuilt_when_source_or_profile_changes_and_only_then(suite):
+    source = unique(BASE)
+    suite.write("fixtures/rebuild.lua", source)
+    suite.write("t.lua", 'test("x", function() assert(provium.fixture("rebuild"):exec("true").ok) end)\n')
+    assert suite.run("run", "t.lua").returncode == 0
+    first = entries("rebuild")
+    assert suite.run("run", "t.lua").returncode == 0
+    assert entries("rebuild") == first, "unchanged inputs: no rebuild"
+    suite.write("fixtures/rebuild.lua", source + "-- changed\n")
+    assert suite.run("run", "t.lua").returncode == 0
+    after_source = entries("rebuild")
+    assert len(after_source) == len(first) + 1
+    suite.write("provium.toml", '[profiles.minimal]\ncmdline = "loglevel=4"\n')
+    assert suite.run("run", "t.lua").returncode == 0
+    assert len(entries("rebuild")) == len(after_source) + 1
+
+
+def test_a_corrupt_entry_is_rebuilt(suite):
+    suite.write("fixtures/corrupt.lua", unique(BASE))
+    suite.write("t.lua", 'test("x", function() assert_eq("by the fixture", provium.fixture("corrupt"):read_file("/tmp/prepared")) end)\n')
+    assert suite.run("run", "t.lua").returncode == 0
+    entry = next((default_root() / "fixtures" / "corrupt").glob("*/state"))
+    entry.write_bytes(b"garbage" * 100)
+    result = suite.run("run", "t.lua")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_errors_name_the_fixture_script(suite):
+    suite.write("fixtures/broken.lua", 'local vm = provium.create("minimal")\nerror("cannot prepare")\n')
+    suite.write("t.lua", """\
+        test("one", function() provium.fixture("broken") end)
+        test("two", function() provium.fixture("broken") end)
+        test("missing", function() provium.fixture("absent") end)
+        """)
+    result = suite.run("run", "t.lua")
+    out = result.stdout
+    assert result.returncode == 1
+    assert out.count("fixture 'broken' failed to build: fixtures/broken.lua:2: cannot prepare") == 2
+    assert "fixture 'absent' not found: no file" in out and "fixtures/absent.lua" in out
+
+
+def test_two_processes_on_a_cold_cache_build_once(suite):
+    suite.write("fixtures/shared.lua", unique(BASE))
+    suite.write("t.lua", 'test("x", function() print(provium.fixture("shared"):read_file("/tmp/boot_id")); assert(false) end)\n')
+    first, second = suite.popen("run", "t.lua"), suite.popen("run", "t.lua")
+    outs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    boot_ids = [line.strip() for out in outs for line in out.splitlines() if len(line.strip()) == 36]
+    assert len(boot_ids) == 2 and boot_ids[0] == boot_ids[1], outs
+    assert len(entries("shared")) == 1
+
+
+def test_a_build_killed_midway_leaves_nothing_trusted(suite):
+    suite.write("fixtures/slow.lua", unique("""\
+        local vm = provium.create("minimal")
+        vm:boot{memory = "256M"}
+        vm:write_file("/tmp/prepared", "complete")
+        if os.getenv("SLOW_FIXTURE") then vm:exec("sleep 60") end
+        return vm
+        """))
+    suite.write("t.lua", 'test("x", function() assert_eq("complete", provium.fixture("slow"):read_file("/tmp/prepared")) end)\n')
+    slow = suite.popen("run", "t.lua", env={"SLOW_FIXTURE": "1"})
+    builds = default_root() / "fixtures" / "slow"
+    deadline = time.monotonic() + 60
+    while not list(builds.glob(".build-*/vm*/ram")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # booted, and sleeping in the fixture script
+    slow.send_signal(signal.SIGKILL)
+    slow.wait()
+    assert list(builds.glob(".build-*")), "the build was under way"
+    assert entries("slow") == []
+    result = suite.run("run", "t.lua")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(entries("slow")) == 1
+    assert not list(builds.glob(".build-*")), "the dead build was swept"
+    assert suite.qemu_pids() == []
