@@ -17,9 +17,15 @@ class ConnectionLost(ProtocolError):
     """The other end closed the connection (QEMU exited or the agent died)."""
 
 
+WATCH_INTERVAL = 0.2
+
+
 class AgentClient:
-    def __init__(self, sock):
+    """watch: called about every WATCH_INTERVAL seconds while waiting (it may raise to stop the wait)."""
+
+    def __init__(self, sock, watch=None):
         self._sock = sock
+        self._watch = watch
         self._decoder = protocol.FrameDecoder()
         self._frames = []
         self._next_id = 1
@@ -39,10 +45,12 @@ class AgentClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineError(f"{what} did not answer within the deadline")
-            self._sock.settimeout(remaining)
+            self._sock.settimeout(min(remaining, WATCH_INTERVAL) if self._watch else remaining)
             try:
                 data = self._sock.recv(1 << 20)
             except socket.timeout:
+                if self._watch:
+                    self._watch()
                 continue
             except OSError as exc:
                 raise ConnectionLost(f"agent connection lost: {exc.strerror or exc}") from None
@@ -97,7 +105,10 @@ class AgentClient:
     @staticmethod
     def _on_event(frame_channel, message, channel, op):
         event = message.get("event")
-        if frame_channel != channel or event == "hello":
+        if event == "hello" and frame_channel == protocol.ROUTER_CHANNEL:
+            # a hello while connected: the agent's router died and was restarted
+            raise AgentError(f"op {op!r}: the agent restarted (its router died) and the op was lost")
+        if frame_channel != channel:
             return
         if event == "worker_exit":
             detail = (f"killed by signal {message['signal']}" if "signal" in message

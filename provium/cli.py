@@ -9,14 +9,16 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from . import __version__, config as config_mod, qemu, runner
 from .cache import Cache
 from .errors import ConfigError, ProviumError
 from .fixtures import Fixtures
-from .lua_runtime import build_fixture
-from .report import TerminalReporter
-from .vm import accelerator
+from .lua_runtime import FileOptions, build_fixture
+from .report import (JsonEventsReport, JUnitReport, KtapReport, ListReporter, LiveTerminalReporter, Reporters,
+                     TerminalReporter)
+from .vm import Timeouts, accelerator
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -33,6 +35,18 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser("run", help="run test files", description="Run Lua test files.")
     run.add_argument("paths", nargs="+", metavar="PATH", help="test files, directories or globs")
+    run.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                     help="test files run at once (default: the number of cores)")
+    run.add_argument("-k", metavar="PATTERN", dest="keyword",
+                     help="only tests whose name, or whose file's name, contains PATTERN")
+    run.add_argument("--list", action="store_true", help="list the tests found, run nothing")
+    run.add_argument("--fail-fast", action="store_true", help="stop after the first failing test")
+    run.add_argument("--shard", metavar="K/N", help="run shard K of N (a stable partition of the files)")
+    run.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
+    run.add_argument("--ktap", metavar="FILE", help="write a KTAP report (- for standard output)")
+    run.add_argument("--json", metavar="FILE", help="write JSON events, one per line")
+    run.add_argument("--artifacts", metavar="DIR",
+                     help="keep the console logs and a JSON record of every failed test in DIR")
     fixtures = commands.add_parser("fixtures", help="list, build or clean cached fixtures",
                                    description="Manage the fixture cache of the suite.")
     actions = fixtures.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -44,7 +58,7 @@ def build_parser():
 
 
 class _Interrupts:
-    """First SIGINT/SIGTERM: stop after cleaning up. Second: kill every VM and leave now."""
+    """First SIGINT/SIGTERM: stop scheduling and shut the VMs down. Second: kill them and leave now."""
 
     def __init__(self):
         self.count = 0
@@ -54,7 +68,7 @@ class _Interrupts:
         if self.count > 1:
             qemu.kill_all()
             os._exit(EXIT_INTERRUPTED)
-        raise KeyboardInterrupt
+        qemu.terminate_all()  # unblocks every file thread waiting on its guest
 
     def install(self):
         signal.signal(signal.SIGINT, self)
@@ -64,25 +78,61 @@ class _Interrupts:
         return self.count > 0
 
 
-def cmd_run(args, reporter):
+def _reporters(args, opened):
+    """The reporters the options ask for; files they write are appended to `opened`."""
+    def open_for(path):
+        stream = open(path, "w")
+        opened.append(stream)
+        return stream
+
+    human = sys.stderr if args.ktap == "-" else sys.stdout
+    reporters = [LiveTerminalReporter(human) if human.isatty() else TerminalReporter(human)]
+    if args.junit:
+        reporters.append(JUnitReport(args.junit))
+    if args.ktap:
+        reporters.append(KtapReport(sys.stdout if args.ktap == "-" else open_for(args.ktap)))
+    if args.json:
+        reporters.append(JsonEventsReport(open_for(args.json)))
+    return Reporters(reporters)
+
+
+def cmd_run(args):
+    if args.jobs < 1:
+        raise ConfigError(f"-j {args.jobs}: must be at least 1")
     files = runner.discover(args.paths)
+    if args.shard:
+        files = runner.shard(files, *runner.parse_shard(args.shard))
     config = config_mod.load()
+    accel, notice = accelerator()
+    factor = config.run.tcg_slowdown if accel == "tcg" else 1.0
+    options = FileOptions(
+        timeouts=Timeouts.from_settings(config.run, accel), test_timeout=config.run.test_timeout * factor,
+        file_timeout=config.run.file_timeout * factor, slowdown=factor, keyword=args.keyword,
+        collect_only=args.list, artifacts=Path(args.artifacts) if args.artifacts else None)
+    if args.list:
+        runner.run(files, config, Cache(), ListReporter(), options)
+        return EXIT_OK
     qemu.find_qemu()
-    _, notice = accelerator()
+    opened = []
+    reporter = _reporters(args, opened)
     if notice:
         reporter.notice(notice)
     interrupts = _Interrupts()
     interrupts.install()
     summary = None
     try:
-        summary = runner.run(files, config, Cache(), reporter, interrupted=lambda: bool(interrupts))
+        summary = runner.run(files, config, Cache(), reporter, options, jobs=args.jobs,
+                             fail_fast=args.fail_fast, interrupted=lambda: bool(interrupts))
     except KeyboardInterrupt:
         pass
-    if interrupts:
-        qemu.kill_all()
-        reporter.notice("interrupted")
-    if summary is not None:
-        reporter.summary(summary)
+    finally:
+        if interrupts:
+            qemu.kill_all()
+            reporter.notice("interrupted")
+        if summary is not None:
+            reporter.summary(summary)
+        for stream in opened:
+            stream.close()
     if interrupts:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if summary.failed else EXIT_OK
@@ -113,17 +163,19 @@ def cmd_fixtures(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    reporter = TerminalReporter()
     try:
         if args.command == "fixtures":
             return cmd_fixtures(args)
-        return cmd_run(args, reporter)
+        return cmd_run(args)
     except ConfigError as exc:
         print(f"provium: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ProviumError as exc:
         print(f"provium: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # the reader went away (`provium run --list | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

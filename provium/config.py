@@ -6,6 +6,7 @@ Every error here is a ConfigError with a one-line message naming the file,
 the profile and the key.
 """
 
+import dataclasses
 import glob
 import os
 import re
@@ -67,14 +68,29 @@ class Profile:
 DEFAULT_FIXTURE_CACHE_LIMIT = "8G"
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """Deadlines in seconds as written; under TCG each is multiplied by tcg_slowdown."""
+
+    test_timeout: float = 120.0
+    file_timeout: float = 1200.0
+    boot_timeout: float = 30.0
+    op_timeout: float = 60.0
+    tcg_slowdown: float = 2.0
+
+
+_RUN_KEYS = {f.name for f in dataclasses.fields(RunSettings)}
+
+
 @dataclass
 class Config:
-    """The suite's configuration: its root, its profiles and the fixture cache limit."""
+    """The suite's configuration: its root, its profiles, run settings and the fixture cache limit."""
 
     root: Path
     path: Path | None
     raw_profiles: dict = field(default_factory=dict)
     fixture_cache_limit: str = DEFAULT_FIXTURE_CACHE_LIMIT
+    run: RunSettings = field(default_factory=RunSettings)
 
     def profile_names(self):
         return sorted({BUILTIN_PROFILE, *self.raw_profiles})
@@ -108,9 +124,17 @@ def load(start=None):
         raise ConfigError(f"{path}: syntax error: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    unknown = sorted(set(data) - {"profiles", "fixtures"})
+    unknown = sorted(set(data) - {"profiles", "fixtures", "run"})
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} (allowed: fixtures, profiles)")
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} (allowed: fixtures, profiles, run)")
+    run = data.get("run", {})
+    if not isinstance(run, dict):
+        raise ConfigError(f"{path}: 'run' must be a table")
+    for key, value in run.items():
+        if key not in _RUN_KEYS:
+            raise ConfigError(f"{path}: [run]: unknown key {key!r} (allowed: {', '.join(sorted(_RUN_KEYS))})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{path}: [run]: key {key!r}: must be a positive number of seconds, not {value!r}")
     profiles = data.get("profiles", {})
     if not isinstance(profiles, dict):
         raise ConfigError(f"{path}: 'profiles' must be a table of [profiles.NAME] tables")
@@ -122,7 +146,8 @@ def load(start=None):
         parse_memory(limit, "cache_limit")
     except ConfigError as exc:
         raise ConfigError(f"{path}: [fixtures]: {exc}") from None
-    config = Config(root=root, path=path, raw_profiles=profiles, fixture_cache_limit=limit)
+    config = Config(root=root, path=path, raw_profiles=profiles, fixture_cache_limit=limit,
+                    run=RunSettings(**{k: float(v) for k, v in run.items()}))
     for name, table in profiles.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: profile {name!r} must be a table")

@@ -25,7 +25,7 @@ from . import agent_build, images, qemu
 from .cache import digest, locked
 from .config import parse_memory
 from .errors import BootError, ProviumError, QemuError
-from .vm import SNAPSHOT_RAM, SNAPSHOT_STATE, SnapshotSpec, Vm, accelerator
+from .vm import SNAPSHOT_RAM, SNAPSHOT_STATE, SnapshotSpec, Timeouts, Vm, accelerator
 
 _FORMAT = 1
 MANIFEST = "manifest.json"
@@ -68,10 +68,11 @@ def disk_usage(path):
 class Fixtures:
     """The fixtures of one suite. run_script(fixtures, name, path, build_dir) -> BuildResult."""
 
-    def __init__(self, config, cache, run_script):
+    def __init__(self, config, cache, run_script, timeouts=Timeouts()):
         self.config = config
         self.cache = cache
         self.run_script = run_script
+        self.timeouts = timeouts
         self.root = cache.root / "fixtures"
         self.limit = parse_memory(config.fixture_cache_limit, "fixtures.cache_limit") * 1024 * 1024
         self._entries = {}
@@ -190,7 +191,7 @@ class Fixtures:
         for attempt in (1, 2):
             try:
                 vm = Vm.resume(self.config.profile(entry.spec.profile), self.cache, entry.spec, entry.path,
-                               name=name, snapshot_dir=snapshot_dir)
+                               name=name, snapshot_dir=snapshot_dir, timeouts=self.timeouts)
                 break
             except (BootError, QemuError):
                 if attempt == 2:

@@ -10,15 +10,17 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import lupa.lua54 as lua
 
+from . import deadline
 from .cache import digest
-from .errors import ProviumError
+from .errors import DeadlineError, ProviumError
 from .fixtures import BuildResult
-from .vm import Disk, Pointer, Vm
+from .vm import Disk, GuestCrash, Pointer, Timeouts, Vm
 
 PRELUDE_NAME = b"provium"
 PRELUDE = resources.files("provium").joinpath("lua/prelude.lua").read_text()
@@ -63,6 +65,42 @@ def display_name(path):
 _MODULE_PART = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+@dataclass(frozen=True)
+class FileOptions:
+    """How the runner wants a file run. Deadlines are in seconds, already scaled for TCG."""
+
+    timeouts: Timeouts = Timeouts()
+    test_timeout: float = 240.0
+    file_timeout: float = 2400.0
+    slowdown: float = 1.0       # applied to a test's own {timeout = N}
+    keyword: str | None = None  # run only tests whose name (or file name) contains it
+    collect_only: bool = False  # record test names, boot nothing, run no test body
+    artifacts: Path | None = None
+    should_stop: object = lambda: False  # true once the run stops early (--fail-fast): skip the rest
+
+
+# What bridge ops answer while only listing (nothing boots); the default is no values.
+_INERT = {
+    "create": (0,), "fixture": (0,), "vm_exec": (0, b"", b""), "vm_read_file": (b"",),
+    "vm_syscall": (0,), "vm_background": (0, 0), "vm_job_wait": (False, 0, b"", b"", False),
+    "vm_job_kill": (False, 0, b"", b"", False), "vm_spawn": (0, 0, 0),
+}
+_KEEP_WHEN_LISTING = {"begin_test", "end_test", "require_source", "shutdown_all"}
+
+
+def _describe(name, args):
+    """How a bridge call reads in Lua: vm:exec("sleep 600")."""
+    lua_name = f"vm:{name[3:]}" if name.startswith("vm_") else f"provium.{name}"
+    shown = []
+    for arg in args[1:] if name.startswith("vm_") else args:
+        if isinstance(arg, bytes):
+            text = arg.decode("utf-8", "replace")
+            shown.append(json.dumps(text if len(text) <= 60 else text[:57] + "..."))
+        elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            shown.append(str(arg))
+    return f"{lua_name}({', '.join(shown)})"
+
+
 class LuaFile:
     """Runs one Lua file: a test file (run) or a fixture script (build_fixture).
 
@@ -71,7 +109,12 @@ class LuaFile:
     """
 
     def __init__(self, path, display, config, cache, on_test, interrupted=lambda: False,
-                 fixtures=None, snapshot_root=None):
+                 fixtures=None, snapshot_root=None, options=FileOptions(), on_test_start=lambda name: None):
+        self.options = options
+        self.on_test_start = on_test_start
+        self._test_deadline = None
+        self._op = None
+        self._stuck_vm = None
         self.path = Path(path)
         self.display_name = display
         self.config = config
@@ -91,24 +134,34 @@ class LuaFile:
                                       register_eval=False, register_builtins=False)
         self.runtime.globals().python = None
         bridge = self.runtime.table_from({
-            name.encode(): self._guarded(getattr(self, f"_op_{name}"))
+            name.encode(): self._guarded(name, getattr(self, f"_op_{name}"))
             for name in ("create", "fixture", "require_source", "shutdown_all", "vm_boot", "vm_exec", "vm_json", "vm_read_file",
                          "vm_write_file", "vm_shutdown", "vm_kill", "vm_syscall", "vm_background",
                          "vm_job_wait", "vm_job_kill", "vm_spawn", "worker_kill", "begin_test", "end_test")
         })
         bridge[b"output"] = self._op_output
+        bridge[b"expired"] = self._op_expired
         bridge[b"now"] = time.monotonic
         bridge[b"sleep"] = time.sleep
         boot_prelude = self.runtime.eval(
             "function(src, name, bridge) return assert(load(src, name, 't'))(bridge) end")
         self._run_source = boot_prelude(PRELUDE.encode(), b"=" + PRELUDE_NAME, bridge)
 
-    def _guarded(self, fn):
+    def _guarded(self, name, fn):
         def guarded(*args):
             if self.interrupted():
                 raise Interrupted()
+            if self.options.collect_only and name not in _KEEP_WHEN_LISTING:
+                return (True, *_INERT.get(name, ()))
+            self._op = _describe(name, args)
             try:
                 result = fn(*args)
+            except DeadlineError as exc:
+                if not deadline.expired():
+                    return False, str(exc).encode()
+                if name.startswith("vm_") and args:
+                    self._stuck_vm = args[0]
+                return False, self._timeout_message().encode()
             except ProviumError as exc:
                 return False, str(exc).encode()
             except Exception as exc:  # a bug in provium: say so rather than pass for a test failure
@@ -131,11 +184,19 @@ class LuaFile:
         """Run the file; a file-level error (syntax, error outside tests) is reported as a result."""
         started = time.monotonic()
         try:
-            failure, _ = self._execute()
+            with deadline.until(started + self.options.file_timeout):
+                failure, _ = self._execute()
             if failure is not None:
                 self._report(failure, name="<file>", duration=time.monotonic() - started)
         finally:
             self._stop_vms(self._vms)
+
+    def _timeout_message(self):
+        where = f" in {self._op}" if self._op else " in Lua code"
+        if self._test is not None and self._test_deadline is not None and \
+                self._test_deadline <= time.monotonic() + 0.001:
+            return f"test {self._test['name']!r} timed out after {self._test['timeout']:.0f} s{where}"
+        return f"{self.display_name} timed out after {self.options.file_timeout:.0f} s{where}"
 
     def build_fixture(self):
         """Run a fixture script; the BuildResult holding the VM to snapshot (still running)."""
@@ -196,7 +257,7 @@ class LuaFile:
     def _op_create(self, profile):
         handle = self._new_handle()
         return self._add_vm(handle, Vm(self.config.profile(_text(profile)), self.cache,
-                                       snapshot_dir=self._snapshot_dir(handle)))
+                                       snapshot_dir=self._snapshot_dir(handle), timeouts=self.options.timeouts))
 
     def _op_fixture(self, name):
         name = _text(name)
@@ -299,20 +360,79 @@ class LuaFile:
     def _op_vm_kill(self, handle):
         self._vm(handle).kill()
 
-    def _op_begin_test(self, name, where):
-        self._test = {"name": _text(name), "where": _text(where), "started": time.monotonic(), "vms": []}
+    def _op_expired(self):
+        """The deadline message when the current deadline has passed (for the Lua hook), else nil."""
+        if deadline.expired():
+            self._op = None
+            return self._timeout_message().encode()
+        return None
+
+    def _op_begin_test(self, name, where, timeout):
+        name = _text(name)
+        keyword = self.options.keyword
+        if keyword and keyword not in name and keyword not in self.display_name:
+            return False
+        if self.options.should_stop():
+            return False
+        if self.options.collect_only:
+            self.on_test_start(name)
+            return False
+        timeout = self.options.test_timeout if timeout is None else timeout * self.options.slowdown
+        started = time.monotonic()
+        self._test = {"name": name, "where": _text(where), "started": started, "vms": [], "timeout": timeout}
+        self._test_deadline = started + timeout
+        self._test_scope = deadline.until(self._test_deadline)
+        self._test_scope.__enter__()
         self._output = []
+        self._stuck_vm = None
+        self.on_test_start(name)
+        return True
 
     def _op_end_test(self, result):
         test, self._test = self._test, None
-        data = dict(result)
-        if data.get(b"outcome") in (b"failed", b"error") and b"--- console" not in (data.get(b"message") or b""):
+        self._test_scope.__exit__(None, None, None)
+        timed_out = self._test_deadline <= time.monotonic()
+        self._test_deadline = None
+        data = {_text(k): _text(v) for k, v in dict(result).items()}
+        for vm in list(self._vms.values()):
+            try:
+                vm.check_console()
+            except GuestCrash as exc:  # a crash the test's own ops did not run into
+                if data.get("outcome") in ("passed", "skipped"):
+                    data = {"outcome": "error", "message": str(exc)}
+        failed = data.get("outcome") in ("failed", "error")
+        if failed and "--- console" not in (data.get("message") or ""):
             tails = {self._vms[h].name: self._vms[h].console_tail() for h in test["vms"] if h in self._vms}
-            data[b"consoles"] = {name: tail for name, tail in tails.items() if tail.strip()}
-        self._stop_vms({h: self._vms.pop(h) for h in test["vms"] if h in self._vms})
-        if data.get(b"where") is None and data.get(b"outcome") != b"passed":
-            data[b"where"] = test["where"]
+            data["consoles"] = {name: tail for name, tail in tails.items() if tail.strip()}
+        if failed and self.options.artifacts:
+            self._keep_artifacts(test, data)
+        mine = {h: self._vms.pop(h) for h in test["vms"] if h in self._vms}
+        if timed_out:  # the guests are in an unknown state: kill them, and the one the test was stuck in
+            stuck = self._vms.pop(self._stuck_vm, None) or self._workers.get(self._stuck_vm)
+            for vm in [*mine.values(), getattr(stuck, "vm", stuck)]:
+                if vm is not None:
+                    vm.kill()
+        self._stop_vms(mine)
+        if data.get("where") is None and data.get("outcome") != "passed":
+            data["where"] = test["where"]
         self._report(data, name=test["name"], duration=time.monotonic() - test["started"])
+
+    def _keep_artifacts(self, test, data):
+        """--artifacts: the failed test's record and the full console log of each of its VMs."""
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.display_name}--{test['name']}").strip("_")
+        target = self.options.artifacts / slug
+        target.mkdir(parents=True, exist_ok=True)
+        consoles = {}
+        for handle in test["vms"]:
+            vm = self._vms.get(handle)
+            if vm is not None:
+                name = f"console-{handle}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', vm.name)}.log"
+                (target / name).write_text(vm.console_text())
+                consoles[vm.name] = name
+        record = {"file": self.display_name, "test": test["name"], "where": data.get("where") or test["where"],
+                  "duration": time.monotonic() - test["started"], "consoles": consoles,
+                  **{k: v for k, v in data.items() if isinstance(v, str)}}
+        (target / "failure.json").write_text(json.dumps(record, indent=1))
 
     def _op_output(self, text):
         self._output.append(_text(text))
@@ -326,5 +446,5 @@ class LuaFile:
 def build_fixture(fixtures, name, path, build_dir):
     """Run fixtures/NAME.lua in its own runtime (Fixtures' script runner)."""
     lua = LuaFile(path, display_name(path), fixtures.config, fixtures.cache, on_test=lambda _: None,
-                  fixtures=fixtures, snapshot_root=build_dir)
+                  fixtures=fixtures, snapshot_root=build_dir, options=FileOptions(timeouts=fixtures.timeouts))
     return lua.build_fixture()

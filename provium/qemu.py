@@ -279,6 +279,18 @@ def _qemu_escape(path):
     return str(path).replace(",", ",,")
 
 
+def terminate_all():
+    """Ask every QEMU this process started to exit (SIGTERM: QEMU flushes its disks and quits)."""
+    with _live_lock:
+        machines = list(_live)
+    for machine in machines:
+        if machine.process is not None and machine.process.poll() is None:
+            try:
+                os.killpg(machine.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
 def kill_all():
     """Kill every QEMU this process started (signal handlers, atexit)."""
     with _live_lock:

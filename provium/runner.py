@@ -1,18 +1,24 @@
-"""Finding test files and running them, one Lua runtime per file.
+"""Finding test files, selecting them, and running them in parallel, one Lua runtime per file.
 
-The runner collects results and hands them to a reporter as events
-(file_started, test_finished, file_finished); it prints nothing itself.
+The runner prints nothing itself. It hands a reporter two streams of events:
+live ones (a test started or finished, as it happens, for a progress display)
+and ordered ones (file started, test started, test finished, file finished),
+which are held back so that every file's events come out whole and in the
+order the files were named, whatever the scheduling.
 """
 
 import glob
+import hashlib
 import os
+import threading
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError
 from .fixtures import Fixtures
-from .lua_runtime import LuaFile, build_fixture, display_name
+from .lua_runtime import FileOptions, LuaFile, build_fixture, display_name
 
 OUTCOMES = ("passed", "failed", "error", "skipped")
 
@@ -35,6 +41,7 @@ class TestResult:
 class Summary:
     results: list = field(default_factory=list)
     duration: float = 0.0
+    files: list = field(default_factory=list)
 
     def count(self, *outcomes):
         return sum(r.outcome in outcomes for r in self.results)
@@ -70,33 +77,117 @@ def discover(paths):
     return unique
 
 
+def parse_shard(text):
+    """'K/N' -> (K, N) with 1 <= K <= N."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected K/N, such as 2/4") from None
+    if not 1 <= k <= n:
+        raise ConfigError(f"--shard {text!r}: K must be between 1 and N")
+    return k, n
+
+
+def shard(files, k, n):
+    """The files of shard K of N: a stable partition by each file's name, not by the list it came in."""
+    return [f for f in files if int(hashlib.sha256(display_name(f).encode()).hexdigest(), 16) % n == k - 1]
+
+
 _DETAIL_KEYS = ("expected", "actual", "haystack", "needle")
 
 
-def run(files, config, cache, reporter, interrupted=lambda: False):
-    """Run every file in order; returns the Summary."""
-    summary = Summary()
+def _result(file, data):
+    return TestResult(
+        file=file, name=data["name"], outcome=data.get("outcome", "error"),
+        duration=data.get("duration", 0.0), message=data.get("message") or "",
+        where=data.get("where") or "", traceback=data.get("traceback") or "",
+        output=data.get("output") or "",
+        details={k: data[k] for k in _DETAIL_KEYS if data.get(k) is not None},
+        consoles={str(k): str(v) for k, v in dict(data.get("consoles") or {}).items()},
+    )
+
+
+class _InOrder:
+    """Holds each file's ordered events until every file before it has finished."""
+
+    def __init__(self, files, reporter):
+        self._files = files
+        self._reporter = reporter
+        self._events = {f: [] for f in files}
+        self._done = set()
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def add(self, file, method, *args):
+        with self._lock:
+            self._events[file].append((method, args))
+            self._flush()
+
+    def finish(self, file):
+        with self._lock:
+            self._done.add(file)
+            self._flush()
+
+    def _flush(self):
+        while self._next < len(self._files):
+            file = self._files[self._next]
+            for method, args in self._events[file]:
+                getattr(self._reporter, method)(*args)
+            self._events[file] = []
+            if file not in self._done:
+                return
+            self._next += 1
+
+
+def run(files, config, cache, reporter, options=FileOptions(), jobs=1, fail_fast=False,
+        interrupted=lambda: False):
+    """Run the files on `jobs` threads; returns the Summary. Results are in file order."""
+    summary = Summary(files=[display_name(f) for f in files])
     started = time.monotonic()
-    fixtures = Fixtures(config, cache, build_fixture)
-    for path in files:
-        if interrupted():
-            break
-        name = display_name(path)
-        reporter.file_started(name)
+    fixtures = Fixtures(config, cache, build_fixture, options.timeouts)
+    names = {f: display_name(f) for f in files}
+    ordered = _InOrder([names[f] for f in files], reporter)
+    lock = threading.Lock()
+    stop = threading.Event()
 
-        def on_test(data, name=name):
-            result = TestResult(
-                file=name, name=data["name"], outcome=data.get("outcome", "error"),
-                duration=data.get("duration", 0.0), message=data.get("message") or "",
-                where=data.get("where") or "", traceback=data.get("traceback") or "",
-                output=data.get("output") or "",
-                details={k: data[k] for k in _DETAIL_KEYS if data.get(k) is not None},
-                consoles={str(k): str(v) for k, v in dict(data.get("consoles") or {}).items()},
-            )
-            summary.results.append(result)
-            reporter.test_finished(result)
+    def stopped():
+        return stop.is_set() or interrupted()
 
-        LuaFile(path, name, config, cache, on_test, interrupted, fixtures=fixtures).run()
-        reporter.file_finished(name)
+    def run_file(path):
+        name = names[path]
+        if stopped():
+            ordered.finish(name)
+            return
+        ordered.add(name, "file_started", name)
+
+        def on_test_start(test):
+            reporter.live_test_started(name, test)
+            ordered.add(name, "test_started", name, test)
+
+        def on_test(data):
+            result = _result(name, data)
+            with lock:
+                summary.results.append(result)
+            reporter.live_test_finished(result)
+            ordered.add(name, "test_finished", result)
+            if fail_fast and result.outcome in ("failed", "error"):
+                stop.set()
+
+        file_options = replace(options, should_stop=stopped)
+        try:
+            LuaFile(path, name, config, cache, on_test, interrupted, fixtures=fixtures,
+                    options=file_options, on_test_start=on_test_start).run()
+        finally:
+            ordered.add(name, "file_finished", name)
+            ordered.finish(name)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="provium-file") as pool:
+        pending = {pool.submit(run_file, f) for f in files}
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()
+    order = {name: i for i, name in enumerate(summary.files)}
+    summary.results.sort(key=lambda r: order[r.file])  # stable: tests keep their order within a file
     summary.duration = time.monotonic() - started
     return summary

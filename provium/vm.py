@@ -15,17 +15,46 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import agent_build, images, protocol, qemu
+from . import agent_build, deadline, images, protocol, qemu, resources
 from .agent_client import AgentClient, ConnectionLost
 from .config import parse_memory
 from .errors import AgentError, BootError, ConfigError, DeadlineError, ImageError, VmStateError
 
-BOOT_TIMEOUT = 60.0
-OP_TIMEOUT = 120.0
 SHUTDOWN_TIMEOUT = 10.0
 CONSOLE_TAIL_LINES = 25
 
-_PANIC = re.compile(r"Kernel panic - not syncing:.*|BUG: .*|Oops: .*|general protection fault.*")
+# What on the guest console means the kernel is in trouble, and how to name it.
+_CRASH = re.compile(r"Kernel panic - not syncing:.*|BUG: KASAN: .*|kernel BUG at .*|BUG: .*|Oops: .*"
+                    r"|general protection fault.*|UBSAN: .*")
+
+
+def crash_name(line):
+    if line.startswith("Kernel panic"):
+        return "kernel panic"
+    if "KASAN" in line:
+        return "KASAN report"
+    if line.startswith(("BUG", "kernel BUG")):
+        return "kernel BUG"
+    if line.startswith("UBSAN"):
+        return "UBSAN report"
+    return "kernel oops"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds a boot and an agent op may take (before any test deadline clamps them)."""
+
+    boot: float = 60.0
+    op: float = 120.0
+
+    @classmethod
+    def from_settings(cls, run, accel):
+        factor = run.tcg_slowdown if accel == "tcg" else 1.0
+        return cls(boot=run.boot_timeout * factor, op=run.op_timeout * factor)
+
+
+class GuestCrash(AgentError):
+    """The guest kernel reported a panic, oops, BUG or sanitizer error on its console."""
 
 
 SNAPSHOT_RAM = "ram"
@@ -156,7 +185,7 @@ def check_syscall(args, bufs, ptrs):
 class GuestOps:
     """Ops that run in a guest process reached through one agent channel."""
 
-    def _request(self, op, timeout=OP_TIMEOUT, /, **fields):
+    def _request(self, op, timeout=None, /, **fields):
         raise NotImplementedError
 
     def syscall(self, nr, args=(), bufs=None, ptrs=()):
@@ -181,7 +210,7 @@ class GuestOps:
     def job_wait(self, job, timeout=None):
         """The job's output so far and its state; waits up to `timeout` seconds (None: until it ends)."""
         fields = {} if timeout is None else {"timeout_ms": max(0, int(timeout * 1000))}
-        op_timeout = OP_TIMEOUT if timeout is None else timeout + OP_TIMEOUT
+        op_timeout = None if timeout is None else timeout + 60.0
         return self._job_result(self._request("job_wait", op_timeout, job=job, **fields))
 
     def job_kill(self, job):
@@ -213,9 +242,13 @@ class GuestOps:
 class Vm(GuestOps):
     """A guest booted from a profile. States: created → running → stopped."""
 
-    def __init__(self, profile, cache, name=None, snapshot_dir=None):
+    def __init__(self, profile, cache, name=None, snapshot_dir=None, timeouts=Timeouts()):
         self.profile = profile
         self.cache = cache
+        self.timeouts = timeouts
+        self.crash = None
+        self._console_seen = 0
+        self._reserved = 0
         self.name = name or profile.name
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
         self.spec = None
@@ -228,7 +261,7 @@ class Vm(GuestOps):
     def __repr__(self):
         return f"<Vm {self.name} {self.state}>"
 
-    def boot(self, memory=None, cpus=None, files=None, disks=(), timeout=BOOT_TIMEOUT):
+    def boot(self, memory=None, cpus=None, files=None, disks=()):
         """Start the guest and wait until its agent answers.
 
         files: {guest path: host Path} copied in after boot (parents created,
@@ -246,6 +279,7 @@ class Vm(GuestOps):
         disks = list(disks)
         check_disks(disks)
         boot_files = read_boot_files(files or {})
+        timeout = deadline.clamp(self.timeouts.boot)
         started = time.monotonic()
         boot_images = images.prepare(self.profile, self.cache)
         accel, _ = accelerator()
@@ -260,12 +294,13 @@ class Vm(GuestOps):
             profile=self.profile.name, vmlinux=str(boot_images.vmlinux), initrd=str(boot_images.initrd),
             cmdline=qemu.kernel_cmdline(accel, tsc, self.profile.cmdline), memory_mib=memory_mib,
             cpus=cpus, accel=accel, disks=tuple((d.format, d.readonly) for d in disks))
+        self._reserved = resources.host_memory.reserve(memory_mib, f"VM {self.name!r}")
         self.machine = qemu.QemuMachine(
             vmlinux=boot_images.vmlinux, initrd=boot_images.initrd, cmdline=self.spec.cmdline,
             memory_mib=memory_mib, cpus=cpus, accel=accel, disks=disks, name=self.name, ram_file=ram_file)
         self.state = "running"
         try:
-            self.client = AgentClient(self.machine.launch(timeout))
+            self.client = AgentClient(self.machine.launch(timeout), watch=self.check_console)
             remaining = timeout - (time.monotonic() - started)
             self.client.wait_hello(remaining)
             self.client.handshake(max(1.0, timeout - (time.monotonic() - started)))
@@ -287,16 +322,39 @@ class Vm(GuestOps):
         for guest, (data, mode) in boot_files.items():
             self.write_file(guest, data, mode)
 
-    def _request(self, op, timeout=OP_TIMEOUT, /, **fields):
+    def _request(self, op, timeout=None, /, **fields):
         return self._call(protocol.MAIN_CHANNEL, op, timeout, **fields)
 
     def _call(self, channel, op, timeout, /, **fields):
+        """An op on a channel: timeout None is the VM's op timeout; the thread's deadline clamps it."""
+        if self.crash:
+            raise GuestCrash(self.crash)
         if self.state != "running":
             raise VmStateError(f"VM {self.name!r} is not running ({self.state}): cannot {op}")
         try:
-            return self.client.request(channel, op, timeout, **fields)
+            return self.client.request(channel, op, deadline.clamp(self.timeouts.op if timeout is None else timeout),
+                                       **fields)
         except ConnectionLost:
             raise AgentError(f"{op}: VM {self.name!r} died: {self._explain()}") from None
+
+    def check_console(self):
+        """Raise GuestCrash when the console shows a kernel crash not reported yet."""
+        if self.crash or self.machine is None:
+            return
+        try:
+            size = self.machine.console_path.stat().st_size
+        except OSError:
+            return
+        if size == self._console_seen:
+            return
+        console = self.machine.console_text()
+        found = _CRASH.search(console, self._console_seen)
+        self._console_seen = console.rfind("\n") + 1  # an unfinished line is read again next time
+        if found:
+            line = found.group(0).strip()
+            self.crash = (f"VM {self.name!r}: {crash_name(line)}: {line}\n"
+                          f"{format_console_tail(console, found.start())}")
+            raise GuestCrash(self.crash)
 
     def _explain(self):
         """Why the guest stopped answering, with the console tail; kills it."""
@@ -306,9 +364,9 @@ class Vm(GuestOps):
         code = machine.returncode
         console = machine.console_text()
         self.kill()
-        panic = _PANIC.search(console)
+        panic = _CRASH.search(console)
         if panic:
-            head = f"kernel panic: {panic.group(0).strip()}" if "panic" in panic.group(0) else panic.group(0).strip()
+            head = f"{crash_name(panic.group(0).strip())}: {panic.group(0).strip()}"
         elif code is None:
             head = "the guest stopped answering"
         else:
@@ -316,15 +374,16 @@ class Vm(GuestOps):
         return f"{head}\n{format_console_tail(console, panic.start() if panic else None)}"
 
     @classmethod
-    def resume(cls, profile, cache, spec, entry, name=None, snapshot_dir=None, timeout=BOOT_TIMEOUT):
+    def resume(cls, profile, cache, spec, entry, name=None, snapshot_dir=None, timeouts=Timeouts()):
         """A running clone of the snapshot in directory `entry` (made by snapshot()).
 
         The clone maps the snapshot's RAM file copy-on-write and writes its disks
         to overlays of its own. With snapshot_dir, the clone gets a private copy
         of the RAM file there instead, so that it can be snapshotted in turn.
         """
-        vm = cls(profile, cache, name, snapshot_dir)
+        vm = cls(profile, cache, name, snapshot_dir, timeouts)
         vm.spec = spec
+        timeout = deadline.clamp(timeouts.boot)
         started = time.monotonic()
         workdir = Path(tempfile.mkdtemp(prefix=f"provium-{vm.name}-"))
         disk_dir = vm.snapshot_dir or workdir
@@ -335,16 +394,18 @@ class Vm(GuestOps):
             subprocess.run(["cp", "--sparse=always", str(Path(entry) / SNAPSHOT_RAM), str(ram_file)], check=True)
         disks = [Disk(_overlay(disk_dir / f"disk{i}.qcow2", Path(entry) / f"disk{i}.qcow2", "qcow2"), "qcow2", readonly)
                  for i, (_, readonly) in enumerate(spec.disks)]
+        # a clone shares the snapshot's pages until it writes: reserve a quarter of its RAM
+        vm._reserved = resources.host_memory.reserve(spec.memory_mib // 4, f"VM {vm.name!r}")
         vm.machine = qemu.QemuMachine(
             vmlinux=spec.vmlinux, initrd=spec.initrd, cmdline=spec.cmdline, memory_mib=spec.memory_mib,
             cpus=spec.cpus, accel=spec.accel, disks=disks, name=vm.name, ram_file=ram_file,
             ram_shared=shared, incoming=Path(entry) / SNAPSHOT_STATE, workdir=workdir)
         vm.state = "running"
         try:
-            vm.client = AgentClient(vm.machine.launch(timeout))
+            vm.client = AgentClient(vm.machine.launch(timeout), watch=vm.check_console)
             vm.machine.resume_incoming(timeout)
             vm.client.handshake(timeout)
-            vm.client.request(protocol.ROUTER_CHANNEL, "set_clock", OP_TIMEOUT, realtime_ns=time.time_ns())
+            vm.client.request(protocol.ROUTER_CHANNEL, "set_clock", timeout, realtime_ns=time.time_ns())
         except (ConnectionLost, DeadlineError) as exc:
             raise BootError(f"VM {vm.name!r} did not resume: {exc}: {vm._explain()}") from None
         except BaseException:
@@ -368,12 +429,15 @@ class Vm(GuestOps):
 
     def spawn(self, thread=False):
         """A new worker: a forked copy of the VM's main worker process, or a thread of it."""
-        reply = self._call(protocol.ROUTER_CHANNEL, "spawn", OP_TIMEOUT, thread=bool(thread))
+        reply = self._call(protocol.ROUTER_CHANNEL, "spawn", None, thread=bool(thread))
         return Worker(self, reply["channel"], reply["pid"], reply["tid"], bool(thread))
 
+    def console_text(self):
+        """Everything the guest printed on its console (kept after it stops)."""
+        return self.machine.console_text() if self.state == "running" else self._console_at_stop
+
     def console_tail(self, lines=CONSOLE_TAIL_LINES):
-        text = self.machine.console_text() if self.state == "running" else self._console_at_stop
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(self.console_text().splitlines()[-lines:])
 
     def shutdown(self, timeout=SHUTDOWN_TIMEOUT):
         """Power the guest off; force-kill QEMU if it has not exited after `timeout`."""
@@ -394,6 +458,9 @@ class Vm(GuestOps):
             self.client.close()
         if self.machine is not None:
             self.machine.kill()
+        if self._reserved:
+            resources.host_memory.release(self._reserved)
+            self._reserved = 0
         if self.state != "created":
             self.state = "stopped"
 
@@ -408,7 +475,7 @@ class Worker(GuestOps):
     def __repr__(self):
         return f"<Worker {'thread' if self.thread else 'process'} {self.tid} of {self.vm.name}>"
 
-    def _request(self, op, timeout=OP_TIMEOUT, /, **fields):
+    def _request(self, op, timeout=None, /, **fields):
         if self.killed:
             raise VmStateError(f"worker {self.tid} was killed: cannot {op}")
         return self.vm._call(self.channel, op, timeout, **fields)
@@ -416,7 +483,7 @@ class Worker(GuestOps):
     def kill(self):
         """End the worker (a thread worker ends when it next waits for a request)."""
         if not self.killed and self.vm.state == "running":
-            self.vm._call(protocol.ROUTER_CHANNEL, "kill_worker", OP_TIMEOUT, channel=self.channel)
+            self.vm._call(protocol.ROUTER_CHANNEL, "kill_worker", None, channel=self.channel)
         self.killed = True
 
 

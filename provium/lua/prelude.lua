@@ -595,15 +595,33 @@ local function on_error(e)
   return {outcome = "error", message = rest or message, where = loc, traceback = traceback}
 end
 
-function test(name, fn)
+-- Runs every million Lua instructions inside a test: ends Lua code that outlives the deadline.
+local function deadline_hook()
+  local message = bridge.expired()
+  if message then error(message, 2) end
+end
+
+function test(name, opts, fn)
+  if fn == nil then opts, fn = {}, opts end
   check("test", 1, "name", name, "string")
-  check("test", 2, "fn", fn, "function")
+  check("test", 2, "opts", opts, "table")
+  check("test", fn == opts and 2 or 3, "fn", fn, "function")
+  for key in pairs(opts) do
+    if key ~= "timeout" then
+      error("test: unknown option '" .. tostring(key) .. "' (known: timeout)", 2)
+    end
+  end
+  check("test", 2, "opts.timeout", opts.timeout, "number", true)
   if current_test ~= nil then
     error("test(): cannot nest test '" .. name .. "' inside test '" .. current_test .. "'", 2)
   end
+  if not call(bridge.begin_test, name, where(2), opts.timeout) then
+    return -- deselected, or only listing
+  end
   current_test = name
-  call(bridge.begin_test, name, where(2))
+  debug.sethook(deadline_hook, "", 1000000)
   local ok, result = xpcall(fn, on_error)
+  debug.sethook()
   current_test = nil
   if ok then result = {outcome = "passed"} end
   call(bridge.end_test, result)
