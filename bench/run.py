@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import boot  # noqa: E402
 import fixtures  # noqa: E402
 import ops  # noqa: E402
+import parallel  # noqa: E402
 
 
 def main():
@@ -24,6 +25,8 @@ def main():
     ops.main(["--iterations", "20" if quick else "300"])
     print()
     fixtures.main(["--runs", "2" if quick else "9"])
+    print()
+    parallel.main(["--runs", "1" if quick else "5"])
 
 
 if __name__ == "__main__":
