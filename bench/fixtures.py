@@ -75,6 +75,8 @@ def main(argv=None):
     booted.exec("true")
     boot_pss = pss_mib(booted.machine.process.pid)
     booted.shutdown()
+    entry_mib = disk_usage(entry.path) / 1048576
+    state_kib = (entry.path / "state").stat().st_size / 1024
     shutil.rmtree(entry.path.parent, ignore_errors=True)
     shutil.rmtree(suite, ignore_errors=True)
 
@@ -86,8 +88,7 @@ def main(argv=None):
     print(f"{'resume -> first exec':<34} {resume_m:>8.3f} s {min(resume):>6.3f} s {max(resume):>6.3f} s")
     print(f"resume vs cold boot: {cold_m / resume_m:.1f}x faster (target >= 6x); "
           f"resume -> first exec vs target 0.35 s: {0.35 / resume_m:.2f}x")
-    print(f"on disk per fixture: {disk_usage(entry.path) / 1048576:.1f} MiB "
-          f"(RAM file sparse, device state {(entry.path / 'state').stat().st_size / 1024:.0f} KiB)")
+    print(f"on disk per fixture: {entry_mib:.1f} MiB (RAM file sparse, device state {state_kib:.0f} KiB)")
     print(f"host memory (PSS) per resumed clone, 3 running: {clone_pss:.1f} MiB; "
           f"per cold-booted VM: {boot_pss:.1f} MiB")
 
