@@ -15,7 +15,7 @@ from pathlib import Path
 from provium import config
 from provium.cache import Cache
 from provium.fixtures import Fixtures, disk_usage
-from provium.lua_runtime import build_fixture
+from provium.lua_runtime import FileOptions, build_fixture
 from provium.vm import Vm
 
 FIXTURE = b"""
@@ -42,7 +42,7 @@ def main(argv=None):
     (suite / "fixtures").mkdir()
     (suite / "fixtures" / "bench.lua").write_bytes(FIXTURE + f"-- {suite}\n".encode())
     cfg, cache = config.load(suite), Cache()
-    fixtures = Fixtures(cfg, cache, build_fixture)
+    fixtures = Fixtures(cfg, cache, build_fixture, FileOptions(scratch=suite))
     built = time.monotonic()
     entry = fixtures.entry("bench")
     build_seconds = time.monotonic() - built

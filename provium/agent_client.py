@@ -29,6 +29,7 @@ class AgentClient:
         self._decoder = protocol.FrameDecoder()
         self._frames = []
         self._next_id = 1
+        self._broken = None  # once the agent sends garbage, the stream cannot be trusted again
         self.agent_name = None
 
     def close(self):
@@ -56,7 +57,11 @@ class AgentClient:
                 raise ConnectionLost(f"agent connection lost: {exc.strerror or exc}") from None
             if not data:
                 raise ConnectionLost("agent connection closed")
-            self._frames.extend(self._decoder.feed(data))
+            try:
+                self._frames.extend(self._decoder.feed(data))
+            except ProtocolError as exc:
+                self._broken = f"the agent sent a malformed frame: {exc}"
+                raise ProtocolError(self._broken) from None
         return self._frames.pop(0)
 
     def wait_hello(self, timeout):
@@ -78,6 +83,8 @@ class AgentClient:
 
     def request(self, channel, op, timeout, /, **fields):
         """Send op on channel and return its merged reply; AgentError on an error reply."""
+        if self._broken:
+            raise ProtocolError(self._broken)
         request_id = self._next_id
         self._next_id += 1
         self._send(channel, {"id": request_id, "op": op, **fields})

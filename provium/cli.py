@@ -6,8 +6,10 @@ usage and configuration errors, 130 when interrupted.
 
 import argparse
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -103,6 +105,8 @@ def cmd_run(args):
     if args.shard:
         files = runner.shard(files, *runner.parse_shard(args.shard))
     config = config_mod.load()
+    for name in config.raw_profiles:
+        config.profile(name)  # every error in provium.toml surfaces now, before anything runs
     accel, notice = accelerator()
     factor = config.run.tcg_slowdown if accel == "tcg" else 1.0
     options = FileOptions(
@@ -140,7 +144,15 @@ def cmd_run(args):
 
 def cmd_fixtures(args):
     config = config_mod.load()
-    fixtures = Fixtures(config, Cache(), build_fixture)
+    scratch = tempfile.mkdtemp(prefix="provium-run-")
+    try:
+        return _fixtures_action(args, config, Fixtures(config, Cache(), build_fixture, FileOptions(
+            timeouts=Timeouts.from_settings(config.run, accelerator()[0]), scratch=Path(scratch))))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fixtures_action(args, config, fixtures):
     if args.action == "list":
         rows = fixtures.entries()
         print(f"{'NAME':<20} {'KEY':<32} {'SIZE':>9}  LAST USED")

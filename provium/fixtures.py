@@ -25,7 +25,7 @@ from . import agent_build, images, qemu
 from .cache import digest, locked
 from .config import parse_memory
 from .errors import BootError, ProviumError, QemuError
-from .vm import SNAPSHOT_RAM, SNAPSHOT_STATE, SnapshotSpec, Timeouts, Vm, accelerator
+from .vm import SNAPSHOT_RAM, SNAPSHOT_STATE, SnapshotSpec, Vm, accelerator
 
 _FORMAT = 1
 MANIFEST = "manifest.json"
@@ -68,11 +68,13 @@ def disk_usage(path):
 class Fixtures:
     """The fixtures of one suite. run_script(fixtures, name, path, build_dir) -> BuildResult."""
 
-    def __init__(self, config, cache, run_script, timeouts=Timeouts()):
+    def __init__(self, config, cache, run_script, options):
+        """options: the run's FileOptions; fixture scripts get its timeouts and scratch directory."""
         self.config = config
         self.cache = cache
         self.run_script = run_script
-        self.timeouts = timeouts
+        self.options = options
+        self.timeouts = options.timeouts
         self.root = cache.root / "fixtures"
         self.limit = parse_memory(config.fixture_cache_limit, "fixtures.cache_limit") * 1024 * 1024
         self._entries = {}

@@ -77,6 +77,7 @@ class FileOptions:
     collect_only: bool = False  # record test names, boot nothing, run no test body
     artifacts: Path | None = None
     should_stop: object = lambda: False  # true once the run stops early (--fail-fast): skip the rest
+    scratch: Path | None = None  # the run's scratch directory: provium.path("@tmp"), where files may write
 
 
 # What bridge ops answer while only listing (nothing boots); the default is no values.
@@ -85,7 +86,13 @@ _INERT = {
     "vm_syscall": (0,), "vm_background": (0, 0), "vm_job_wait": (False, 0, b"", b"", False),
     "vm_job_kill": (False, 0, b"", b"", False), "vm_spawn": (0, 0, 0),
 }
-_KEEP_WHEN_LISTING = {"begin_test", "end_test", "require_source", "shutdown_all"}
+_KEEP_WHEN_LISTING = {"begin_test", "end_test", "require_source", "shutdown_all", "path", "host_path"}
+LUA_MAX_MEMORY = 1 << 30  # per test file: a runaway string.rep fails in Lua instead of exhausting the host
+
+
+def _no_attributes(obj, name, is_setting):
+    """lupa's attribute filter: Lua code reaches no attribute of any Python object."""
+    raise AttributeError("Python objects are not reachable from test files")
 
 
 def _describe(name, args):
@@ -130,12 +137,13 @@ class LuaFile:
         self._next_handle = 1
         self._test = None
         self._output = []
-        self.runtime = lua.LuaRuntime(encoding=None, unpack_returned_tuples=True,
-                                      register_eval=False, register_builtins=False)
+        self.runtime = lua.LuaRuntime(encoding=None, unpack_returned_tuples=True, max_memory=LUA_MAX_MEMORY,
+                                      register_eval=False, register_builtins=False,
+                                      attribute_filter=_no_attributes)
         self.runtime.globals().python = None
         bridge = self.runtime.table_from({
             name.encode(): self._guarded(name, getattr(self, f"_op_{name}"))
-            for name in ("create", "fixture", "require_source", "shutdown_all", "vm_boot", "vm_exec", "vm_json", "vm_read_file",
+            for name in ("create", "fixture", "require_source", "path", "host_path", "shutdown_all", "vm_boot", "vm_exec", "vm_json", "vm_read_file",
                          "vm_write_file", "vm_shutdown", "vm_kill", "vm_syscall", "vm_background",
                          "vm_job_wait", "vm_job_kill", "vm_spawn", "worker_kill", "begin_test", "end_test")
         })
@@ -287,16 +295,46 @@ class LuaFile:
         handles = self._test["vms"] if self._test is not None else list(self._vms)
         self._stop_vms({h: self._vms[h] for h in handles if h in self._vms})
 
-    def _host_path(self, value):
-        """A host path named in a test file: relative ones are relative to the file."""
-        return self.path.parent / _text(value)
+    def _host_path(self, value, write=False, what="path"):
+        """A host path named in a test file, resolved (relative to the file) and checked:
+        reads below the suite root or the scratch directory, writes below the scratch directory."""
+        text = _text(value)
+        if "\0" in text:
+            raise ProviumError(f"{what} {text!r} contains a NUL byte")
+        path = Path(os.path.realpath(self.path.parent / text))
+        scratch = self.options.scratch and Path(os.path.realpath(self.options.scratch))
+        root = Path(os.path.realpath(self.config.root))
+        allowed = [scratch] if write else [root, scratch]
+        if not any(base and (path == base or base in path.parents) for base in allowed):
+            where = "the scratch directory (provium.path(\"@tmp\"))" if write else \
+                "the suite root or the scratch directory"
+            raise ProviumError(f"{what} {text!r} is outside {where}: {path}")
+        return path
+
+    def _op_host_path(self, value, write):
+        return str(self._host_path(value, bool(write), "io: path")).encode()
+
+    def _op_path(self, name):
+        name = _text(name)
+        if name == "@tmp" and self.options.scratch:
+            return str(self.options.scratch).encode()
+        if name == "@root":
+            return str(self.config.root).encode()
+        raise ProviumError(f"provium.path: unknown anchor {name!r} (known: @root, @tmp)")
 
     def _op_vm_boot(self, handle, memory, cpus, files, disks):
+        checked = []
+        for index, disk in enumerate((disks[i] for i in range(1, len(disks) + 1)), 1):
+            readonly = bool(disk[b"readonly"])
+            # a fixture's disks are written through overlays: their images are only read
+            written = not readonly and self.snapshot_root is None
+            what = f"boot option disks[{index}]" + (" (writable: the guest writes to it)" if written else "")
+            checked.append(Disk(self._host_path(disk[b"path"], written, what), _text(disk[b"format"]), readonly))
         self._vm(handle).boot(
             memory=_text(memory), cpus=cpus,
-            files={_text(guest): self._host_path(host) for guest, host in files.items()},
-            disks=[Disk(self._host_path(d[b"path"]), _text(d[b"format"]), bool(d[b"readonly"]))
-                   for d in disks.values()])
+            files={_text(guest): self._host_path(host, False, f"boot option files[{_text(guest)!r}]")
+                   for guest, host in files.items()},
+            disks=checked)
 
     def _op_vm_json(self, handle, cmd):
         cmd = _text(cmd)
@@ -446,5 +484,6 @@ class LuaFile:
 def build_fixture(fixtures, name, path, build_dir):
     """Run fixtures/NAME.lua in its own runtime (Fixtures' script runner)."""
     lua = LuaFile(path, display_name(path), fixtures.config, fixtures.cache, on_test=lambda _: None,
-                  fixtures=fixtures, snapshot_root=build_dir, options=FileOptions(timeouts=fixtures.timeouts))
+                  fixtures=fixtures, snapshot_root=build_dir,
+                  options=FileOptions(timeouts=fixtures.timeouts, scratch=fixtures.options.scratch))
     return lua.build_fixture()

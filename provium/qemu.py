@@ -28,6 +28,8 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from .errors import ConfigError, QemuError
 
 QEMU_BINARY = "qemu-system-x86_64"
+CONSOLE_LOG_MAX = 8 * 1024 * 1024
+CONSOLE_LOG_HEAD = 256 * 1024
 
 # Each entry was measured to shorten a TCG boot (see the README's Performance section).
 FAST_CMDLINE = (
@@ -101,10 +103,11 @@ class QemuMachine:
         ram_shared=False maps it copy-on-write. incoming: a snapshot's device state
         file to resume from (the VM then waits paused for resume_incoming())."""
         self.name = name
-        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"provium-{name}-"))
+        self.workdir = Path(workdir) if workdir else make_workdir()
         self.console_path = self.workdir / "console.log"
-        self.agent_path = self.workdir / "agent.sock"
-        self.qmp_path = self.workdir / "qmp.sock"
+        self.console_sock = self.workdir / "console"
+        self.agent_path = self.workdir / "agent"
+        self.qmp_path = self.workdir / "qmp"
         self._stderr_path = self.workdir / "qemu.stderr"
         machine = f"microvm,accel={accel}"
         memory_args = []
@@ -120,7 +123,7 @@ class QemuMachine:
             "-machine", machine, *memory_args,
             "-m", str(memory_mib), "-smp", str(cpus),
             "-kernel", str(vmlinux), "-initrd", str(initrd), "-append", cmdline,
-            "-chardev", f"file,id=console,path={self.console_path}", "-serial", "chardev:console",
+            "-chardev", f"socket,id=console,path={self.console_sock}", "-serial", "chardev:console",
             "-chardev", f"socket,id=agent,path={self.agent_path}",
             "-device", "virtio-serial-device",
             "-device", "virtserialport,chardev=agent,name=provium.agent",
@@ -134,12 +137,18 @@ class QemuMachine:
             ]
         self.process = None
         self.qmp = None
+        self._console_thread = None
+        self._final_console = None
 
     def launch(self, timeout):
         """Start QEMU; returns the connected agent socket. QemuError on failure."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(self.agent_path))
         listener.listen(1)
+        console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        console.bind(str(self.console_sock))
+        console.listen(1)
+        self.console_path.touch()
         try:
             self.qmp = QEMUMonitorProtocol(str(self.qmp_path), server=True)
             args = self.args if self._incoming is None else [*self.args, "-incoming", "defer"]
@@ -167,6 +176,13 @@ class QemuMachine:
                 detail = self.stderr_text() or f"{type(exc).__name__}: {exc}"
                 raise QemuError(f"QEMU's monitor did not come up: {detail}") from None
             self.qmp.settimeout(30.0)
+            console.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                log = ConsoleLog(console.accept()[0], self.console_path)
+            except socket.timeout:
+                raise QemuError("QEMU did not connect to the console socket") from None
+            self._console_thread = threading.Thread(target=log.run, name=f"console-{self.name}", daemon=True)
+            self._console_thread.start()
             agent.setblocking(True)
             return agent
         except BaseException:
@@ -174,6 +190,7 @@ class QemuMachine:
             raise
         finally:
             listener.close()
+            console.close()
 
     def _cmd(self, name, **args):
         """A QMP command; QemuError (with QEMU's own words) when QEMU fails it or is gone."""
@@ -238,6 +255,11 @@ class QemuMachine:
             return ""
 
     def console_text(self):
+        """What the guest printed on its console so far (all of it, once QEMU is gone)."""
+        if self._final_console is not None:
+            return self._final_console
+        if self.returncode is not None and self._console_thread is not None:
+            self._console_thread.join(1.0)  # the last bytes QEMU wrote before exiting
         try:
             return self.console_path.read_text(errors="replace")
         except OSError:
@@ -271,7 +293,61 @@ class QemuMachine:
             self.process.wait()
         with _live_lock:
             _live.discard(self)
+        if self._final_console is None and self.workdir.exists():
+            self._final_console = self.console_text()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class ConsoleLog:
+    """Copies the guest's serial console into a log file of bounded size.
+
+    A guest that floods its console must not fill the host's disk: past
+    CONSOLE_LOG_MAX bytes the log keeps its first CONSOLE_LOG_HEAD bytes (the
+    boot) and the newest output, with a line saying how much was dropped.
+    """
+
+    def __init__(self, sock, path):
+        self.sock = sock
+        self.path = path
+
+    def run(self):
+        dropped = 0
+        out = open(self.path, "ab")
+        try:
+            while data := self.sock.recv(1 << 16):
+                out.write(data)
+                out.flush()
+                if out.tell() > CONSOLE_LOG_MAX:
+                    out.close()
+                    dropped += self._trim()
+                    out = open(self.path, "ab")
+        except OSError:
+            pass  # QEMU went away
+        finally:
+            out.close()
+            self.sock.close()
+
+    def _trim(self):
+        data = self.path.read_bytes()
+        keep_tail = CONSOLE_LOG_MAX // 2
+        head, tail = data[:CONSOLE_LOG_HEAD], data[-keep_tail:]
+        dropped = len(data) - len(head) - len(tail)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(head + f"\n[provium: {dropped} bytes of console output dropped]\n".encode() + tail)
+        os.replace(tmp, self.path)
+        return dropped
+
+
+_SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; the longest name here is "console"
+
+
+def make_workdir():
+    """A private directory for one QEMU's sockets and logs; under /tmp when TMPDIR is too deep for sockets."""
+    workdir = Path(tempfile.mkdtemp(prefix="provium-"))
+    if len(str(workdir / "console")) > _SOCKET_PATH_MAX:
+        workdir.rmdir()
+        workdir = Path(tempfile.mkdtemp(prefix="provium-", dir="/tmp"))
+    return workdir
 
 
 def _qemu_escape(path):

@@ -10,6 +10,8 @@ order the files were named, whatever the scheduling.
 import glob
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -144,7 +146,9 @@ def run(files, config, cache, reporter, options=FileOptions(), jobs=1, fail_fast
     """Run the files on `jobs` threads; returns the Summary. Results are in file order."""
     summary = Summary(files=[display_name(f) for f in files])
     started = time.monotonic()
-    fixtures = Fixtures(config, cache, build_fixture, options.timeouts)
+    scratch = Path(tempfile.mkdtemp(prefix="provium-run-"))
+    options = replace(options, scratch=scratch)
+    fixtures = Fixtures(config, cache, build_fixture, options)
     names = {f: display_name(f) for f in files}
     ordered = _InOrder([names[f] for f in files], reporter)
     lock = threading.Lock()
@@ -181,12 +185,15 @@ def run(files, config, cache, reporter, options=FileOptions(), jobs=1, fail_fast
             ordered.add(name, "file_finished", name)
             ordered.finish(name)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="provium-file") as pool:
-        pending = {pool.submit(run_file, f) for f in files}
-        while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            for future in done:
-                future.result()
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="provium-file") as pool:
+            pending = {pool.submit(run_file, f) for f in files}
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     order = {name: i for i, name in enumerate(summary.files)}
     summary.results.sort(key=lambda r: order[r.file])  # stable: tests keep their order within a file
     summary.duration = time.monotonic() - started

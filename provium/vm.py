@@ -10,13 +10,13 @@ import os
 import re
 import shlex
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import agent_build, deadline, images, protocol, qemu, resources
 from .agent_client import AgentClient, ConnectionLost
+from .errors import ProtocolError
 from .config import parse_memory
 from .errors import AgentError, BootError, ConfigError, DeadlineError, ImageError, VmStateError
 
@@ -256,7 +256,6 @@ class Vm(GuestOps):
         self.machine = None
         self.client = None
         self.boot_seconds = None
-        self._console_at_stop = ""
 
     def __repr__(self):
         return f"<Vm {self.name} {self.state}>"
@@ -336,6 +335,9 @@ class Vm(GuestOps):
                                        **fields)
         except ConnectionLost:
             raise AgentError(f"{op}: VM {self.name!r} died: {self._explain()}") from None
+        except ProtocolError as exc:
+            self.kill()  # a guest that talks garbage is not trusted with another request
+            raise AgentError(f"{op}: VM {self.name!r} stopped: {exc}") from None
 
     def check_console(self):
         """Raise GuestCrash when the console shows a kernel crash not reported yet."""
@@ -345,6 +347,8 @@ class Vm(GuestOps):
             size = self.machine.console_path.stat().st_size
         except OSError:
             return
+        if size < self._console_seen:
+            self._console_seen = 0  # the log was trimmed (a flooding guest)
         if size == self._console_seen:
             return
         console = self.machine.console_text()
@@ -385,7 +389,7 @@ class Vm(GuestOps):
         vm.spec = spec
         timeout = deadline.clamp(timeouts.boot)
         started = time.monotonic()
-        workdir = Path(tempfile.mkdtemp(prefix=f"provium-{vm.name}-"))
+        workdir = qemu.make_workdir()
         disk_dir = vm.snapshot_dir or workdir
         ram_file, shared = Path(entry) / SNAPSHOT_RAM, False
         if vm.snapshot_dir is not None:
@@ -434,7 +438,7 @@ class Vm(GuestOps):
 
     def console_text(self):
         """Everything the guest printed on its console (kept after it stops)."""
-        return self.machine.console_text() if self.state == "running" else self._console_at_stop
+        return self.machine.console_text() if self.machine is not None else ""
 
     def console_tail(self, lines=CONSOLE_TAIL_LINES):
         return "\n".join(self.console_text().splitlines()[-lines:])
@@ -452,8 +456,6 @@ class Vm(GuestOps):
 
     def kill(self):
         """Terminate QEMU at once. Safe in any state."""
-        if self.machine is not None and self.state == "running":
-            self._console_at_stop = self.machine.console_text()
         if self.client is not None:
             self.client.close()
         if self.machine is not None:

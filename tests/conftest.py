@@ -47,8 +47,8 @@ class Suite:
     def command(self, *args):
         return [sys.executable, "-m", "provium", *args]
 
-    def run(self, *args, timeout=300, env=None):
-        return subprocess.run(self.command(*args), cwd=self.root, env=self.env(env),
+    def run(self, *args, timeout=300, env=None, cwd=None):
+        return subprocess.run(self.command(*args), cwd=cwd or self.root, env=self.env(env),
                               capture_output=True, text=True, timeout=timeout)
 
     def popen(self, *args, env=None):

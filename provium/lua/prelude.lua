@@ -1,11 +1,19 @@
--- The Lua face of Provium: the provium table, VM objects, test(), todo() and
--- the assertions. Python hands in `bridge`, a table of functions that return
--- (true, results...) or (false, message); everything users see is defined here
--- so that errors carry the test file's own file:line.
+-- The Lua face of Provium: the provium table, VM objects, test(), todo(),
+-- the assertions, and the sandbox every test file runs in. Python hands in
+-- `bridge`, a table of functions that return (true, results...) or
+-- (false, message); everything users see is defined here so that errors carry
+-- the test file's own file:line. Test files never see this chunk's globals:
+-- each runs in its own environment over a read-only base (see the end).
 local bridge = ...
 
+-- The harness's own references, taken before anything is hidden.
+local getmt, sethook, traceback, getinfo = debug.getmetatable, debug.sethook, debug.traceback, debug.getinfo
+local raw_load, raw_rawset, raw_open, raw_lines = load, rawset, io.open, io.lines
+local HOOK_EVERY = 1000000
+getmt("").__metatable = false -- the string library is reachable only read-only
+
 local function where(level)
-  local info = debug.getinfo(level + 1, "Sl")
+  local info = getinfo(level + 1, "Sl")
   if info and info.currentline and info.currentline > 0 then
     return info.short_src .. ":" .. info.currentline
   end
@@ -31,7 +39,7 @@ end
 
 ---------------------------------------------------------------- strings
 
-local StrMeta = {}
+local StrMeta = {__metatable = false}
 StrMeta.__index = StrMeta
 StrMeta.__tostring = function(self) return self.value end
 StrMeta.__len = function(self) return #self.value end
@@ -59,13 +67,13 @@ local function wrap(s)
 end
 
 local function plain(v)
-  if getmetatable(v) == StrMeta then return v.value end
+  if getmt(v) == StrMeta then return v.value end
   return v
 end
 
 ---------------------------------------------------------------- VMs
 
-local VM = {}
+local VM = {__metatable = false}
 VM.__index = VM
 VM.__tostring = function(self) return "VM<" .. self._name .. ">" end
 
@@ -73,11 +81,11 @@ local function new_vm(handle, name)
   return setmetatable({_h = handle, _name = name}, VM)
 end
 
-local Worker = {}
+local Worker = {__metatable = false}
 Worker.__index = Worker
 
 local function is_vm(self, method)
-  local mt = getmetatable(self)
+  local mt = getmt(self)
   if mt ~= VM and mt ~= Worker then
     error(method .. ": call it with ':' on a VM (vm:" .. method:match("[^:]+$") .. "(...))", 3)
   end
@@ -378,7 +386,7 @@ end
 ---------------------------------------------------------------- workers
 
 function VM:spawn(opts)
-  if getmetatable(self) ~= VM then
+  if getmt(self) ~= VM then
     error("spawn: only a VM can spawn workers (call vm:spawn(...))", 2)
   end
   check("vm:spawn", 1, "opts", opts, "table", true)
@@ -405,14 +413,14 @@ end
 
 for name, fn in pairs(VM) do
   if name ~= "boot" and name ~= "shutdown" and name ~= "spawn" and name ~= "kill"
-      and not name:match("^__") then
+      and type(fn) == "function" and not name:match("^__") then
     Worker[name] = fn
   end
 end
 Worker.__tostring = function(self) return "Worker<" .. self._name .. ">" end
 
 function Worker:kill()
-  if getmetatable(self) ~= Worker then
+  if getmt(self) ~= Worker then
     error("worker:kill: call it with ':' on a worker", 2)
   end
   call(bridge.worker_kill, self._h)
@@ -438,14 +446,20 @@ function provium.shutdown_all()
   call(bridge.shutdown_all)
 end
 
+function provium.path(name)
+  check("provium.path", 1, "name", name, "string")
+  return call(bridge.path, name)
+end
+
 local loaded = {}
+local file_env -- the environment of the file being run (set by the runner function below)
 
 -- Module-local require: NAME.lua or NAME/init.lua below the suite root or the file's directory.
 function require(name)
   check("require", 1, "name", name, "string")
   if loaded[name] == nil then
     local source, chunkname = call(bridge.require_source, name)
-    local chunk, message = load(source, chunkname, "t")
+    local chunk, message = raw_load(source, chunkname, "t", file_env)
     if not chunk then error(message, 2) end
     local result = chunk(name)
     loaded[name] = result == nil and true or result
@@ -534,7 +548,7 @@ local function equal(a, b)
   return true
 end
 
-local Failure = {}
+local Failure = {__metatable = false}
 
 local function fail(message, fields)
   fields = fields or {}
@@ -571,7 +585,7 @@ end
 
 ---------------------------------------------------------------- tests
 
-local Todo = {}
+local Todo = {__metatable = false}
 local current_test = nil
 
 function todo(reason)
@@ -582,17 +596,17 @@ function todo(reason)
 end
 
 local function on_error(e)
-  local traceback = debug.traceback("", 2)
-  if getmetatable(e) == Todo then
+  local trace = traceback("", 2)
+  if getmt(e) == Todo then
     return {outcome = "skipped", message = e.reason}
   end
-  if getmetatable(e) == Failure then
+  if getmt(e) == Failure then
     return {outcome = "failed", message = e.message, where = e.where, expected = e.expected,
-            actual = e.actual, haystack = e.haystack, needle = e.needle, traceback = traceback}
+            actual = e.actual, haystack = e.haystack, needle = e.needle, traceback = trace}
   end
   local message = tostring(e)
   local loc, rest = message:match("^([^:\n]+:%d+): (.*)$")
-  return {outcome = "error", message = rest or message, where = loc, traceback = traceback}
+  return {outcome = "error", message = rest or message, where = loc, traceback = trace}
 end
 
 -- Runs every million Lua instructions inside a test: ends Lua code that outlives the deadline.
@@ -619,9 +633,7 @@ function test(name, opts, fn)
     return -- deselected, or only listing
   end
   current_test = name
-  debug.sethook(deadline_hook, "", 1000000)
   local ok, result = xpcall(fn, on_error)
-  debug.sethook()
   current_test = nil
   if ok then result = {outcome = "passed"} end
   call(bridge.end_test, result)
@@ -633,14 +645,148 @@ function print(...)
   bridge.output(table.concat(parts, "\t", 1, parts.n) .. "\n")
 end
 
--- Runs a file's source: a file-level error table or nil, then the handle of a VM it returned.
+---------------------------------------------------------------- the sandbox
+
+-- A read-only view of t: reads go through, writes and metatable changes fail.
+local protected = setmetatable({}, {__mode = "k"})
+local function readonly(t, name, hidden)
+  local view = setmetatable({}, {
+    __index = function(_, key)
+      if hidden and hidden[key] then
+        error(name .. "." .. tostring(key) .. " is not available to test files", 2)
+      end
+      return t[key]
+    end,
+    __newindex = function(_, key)
+      error(name .. " is read-only (cannot set " .. name .. "." .. tostring(key) .. ")", 2)
+    end,
+    __pairs = function() return next, t, nil end,
+    __len = function() return #t end,
+    __metatable = false,
+  })
+  protected[view] = true
+  return view
+end
+
+local function only(t, keys)
+  local out = {}
+  for _, key in ipairs(keys) do out[key] = t[key] end
+  return out
+end
+
+local function hide(...)
+  local set = {}
+  for _, key in ipairs{...} do set[key] = true end
+  return set
+end
+
+-- The host path a test file may open: reads below the suite root or the scratch
+-- directory, writes below the scratch directory (provium.path("@tmp")).
+local function host_path(fn, path, write)
+  check(fn, 1, "path", path, "string")
+  return call(bridge.host_path, path, write)
+end
+
+local function sandbox_open(path, mode)
+  mode = mode or "r"
+  check("io.open", 2, "mode", mode, "string")
+  return raw_open(host_path("io.open", path, mode:find("[wa+]") ~= nil), mode)
+end
+
+local function sandbox_lines(path, ...)
+  if path == nil then error("io.lines: reading standard input is not available to test files", 2) end
+  return raw_lines(host_path("io.lines", path, false), ...)
+end
+
+local function sandbox_write(...)
+  local parts = table.pack(...)
+  for i = 1, parts.n do parts[i] = tostring(parts[i]) end
+  bridge.output(table.concat(parts, "", 1, parts.n))
+end
+
+local function sandbox_load(chunk, chunkname, mode, env)
+  if mode ~= nil and mode ~= "t" then
+    error("load: only text chunks can be loaded (mode 't'), not mode '" .. tostring(mode) .. "'", 2)
+  end
+  return raw_load(chunk, chunkname, "t", env or file_env)
+end
+
+local GC_ALLOWED = {collect = true, count = true, step = true, isrunning = true}
+local function sandbox_collectgarbage(opt, ...)
+  if opt ~= nil and not GC_ALLOWED[opt] then
+    error("collectgarbage('" .. tostring(opt) .. "') is not available to test files", 2)
+  end
+  return collectgarbage(opt, ...)
+end
+
+local function sandbox_rawset(t, key, value)
+  if protected[t] then error("rawset: cannot change a harness table", 2) end
+  return raw_rawset(t, key, value)
+end
+
+-- Coroutines get the deadline hook too, so a loop inside one still ends.
+local co_create, co_resume = coroutine.create, coroutine.resume
+local function sandbox_create(fn)
+  local co = co_create(fn)
+  sethook(co, deadline_hook, "", HOOK_EVERY)
+  return co
+end
+
+local function sandbox_wrap(fn)
+  local co = sandbox_create(fn)
+  return function(...)
+    local results = table.pack(co_resume(co, ...))
+    if not results[1] then error(results[2], 2) end
+    return table.unpack(results, 2, results.n)
+  end
+end
+
+local coroutine_view = {}
+for key, value in pairs(coroutine) do coroutine_view[key] = value end
+coroutine_view.create, coroutine_view.wrap = sandbox_create, sandbox_wrap
+
+local string_view = {}
+for key, value in pairs(string) do string_view[key] = value end
+string_view.dump = nil
+
+local base = {
+  _VERSION = _VERSION, assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+  pcall = pcall, xpcall = xpcall, select = select, tonumber = tonumber, tostring = tostring, type = type,
+  rawequal = rawequal, rawget = rawget, rawlen = rawlen, rawset = sandbox_rawset,
+  setmetatable = setmetatable, getmetatable = getmetatable, collectgarbage = sandbox_collectgarbage,
+  load = sandbox_load, print = print, require = require,
+  string = readonly(string_view, "string", hide("dump")),
+  table = readonly(table, "table"), math = readonly(math, "math"), utf8 = readonly(utf8, "utf8"),
+  coroutine = readonly(coroutine_view, "coroutine"),
+  os = readonly(only(os, {"time", "clock", "date", "getenv", "difftime"}), "os",
+    hide("execute", "exit", "remove", "rename", "tmpname", "setlocale")),
+  io = readonly({open = sandbox_open, lines = sandbox_lines, write = sandbox_write, type = io.type}, "io",
+    hide("popen", "read", "input", "output", "stdin", "stdout", "stderr", "tmpfile", "close")),
+  provium = readonly(provium, "provium"),
+  test = test, todo = todo, assert_eq = assert_eq, assert_contains = assert_contains,
+}
+local FORBIDDEN = hide("debug", "dofile", "loadfile", "package", "python", "loadstring", "module")
+local base_meta = {
+  __index = function(_, key)
+    if FORBIDDEN[key] then error(tostring(key) .. " is not available to test files", 2) end
+    return base[key]
+  end,
+  __metatable = false,
+}
+
+-- Runs a file's source in an environment of its own: a file-level error table or nil,
+-- then the handle of a VM it returned.
 return function(source, chunkname)
-  local chunk, message = load(source, chunkname, "t")
+  file_env = setmetatable({}, base_meta)
+  raw_rawset(file_env, "_G", file_env)
+  local chunk, message = raw_load(source, chunkname, "t", file_env)
   if not chunk then
     return {outcome = "error", message = message}, nil
   end
+  sethook(deadline_hook, "", HOOK_EVERY)
   local ok, result = xpcall(chunk, on_error)
+  sethook()
   if not ok then return result, nil end
-  if getmetatable(result) == VM then return nil, result._h end
+  if getmt(result) == VM then return nil, result._h end
   return nil, nil
 end
