@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Sets up everything Provium needs on a Debian or Ubuntu machine: QEMU, a static
 # busybox, a C compiler (the guest agent is built from source), a kernel when
-# /boot has none, and the Python package with its test tools in ./.venv.
+# /boot has none and its headers (the kernel-module example builds against them),
+# and the Python package with its test tools in ./.venv.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
-packages="qemu-system-x86 qemu-utils busybox-static gcc libc6-dev util-linux"
+packages="qemu-system-x86 qemu-utils busybox-static gcc libc6-dev make util-linux"
 python3 -c 'import ensurepip, venv' 2>/dev/null || packages="$packages python3-venv"
 
 # provium's built-in profile wants /boot/vmlinuz-VERSION with /lib/modules/VERSION.
@@ -31,6 +32,15 @@ DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommen
 for image in /boot/vmlinuz-*; do
     [ -r "$image" ] || $sudo chmod 0644 "$image"
 done
+
+# Headers of the kernel the built-in profile boots: the newest with its modules.
+guest=$(for image in /boot/vmlinuz-*; do
+    version=${image#/boot/vmlinuz-}
+    [ -d "/lib/modules/$version" ] && echo "$version"
+done | sort -V | tail -n 1)
+if [ -n "$guest" ] && [ ! -e "/lib/modules/$guest/build/Makefile" ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "linux-headers-$guest"
+fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import __version__, config as config_mod, qemu, runner
+from . import __version__, config as config_mod, profile_build, qemu, runner
 from .cache import Cache
 from .errors import ConfigError, ProviumError
 from .fixtures import Fixtures
@@ -104,28 +104,35 @@ def cmd_run(args):
     files = runner.discover(args.paths)
     if args.shard:
         files = runner.shard(files, *runner.parse_shard(args.shard))
-    config = config_mod.load()
-    for name in config.raw_profiles:
-        config.profile(name)  # every error in provium.toml surfaces now, before anything runs
+    configs = runner.suites(files, config_mod.load())
+    suites = {config.root: config for config in configs.values()}.values()
+    for config in suites:
+        for name in config.raw_profiles:
+            config.profile(name)  # every error in provium.toml surfaces now, before anything runs
     accel, notice = accelerator()
-    factor = config.run.tcg_slowdown if accel == "tcg" else 1.0
-    options = FileOptions(
-        timeouts=Timeouts.from_settings(config.run, accel), test_timeout=config.run.test_timeout * factor,
-        file_timeout=config.run.file_timeout * factor, slowdown=factor, keyword=args.keyword,
-        collect_only=args.list, artifacts=Path(args.artifacts) if args.artifacts else None)
+
+    def options_for(config):
+        factor = config.run.tcg_slowdown if accel == "tcg" else 1.0
+        return FileOptions(
+            timeouts=Timeouts.from_settings(config.run, accel), test_timeout=config.run.test_timeout * factor,
+            file_timeout=config.run.file_timeout * factor, slowdown=factor, keyword=args.keyword,
+            collect_only=args.list, artifacts=Path(args.artifacts) if args.artifacts else None)
+
     if args.list:
-        runner.run(files, config, Cache(), ListReporter(), options)
+        runner.run(files, configs, Cache(), ListReporter(), options_for)
         return EXIT_OK
     qemu.find_qemu()
     opened = []
     reporter = _reporters(args, opened)
     if notice:
         reporter.notice(notice)
+    for config in suites:
+        profile_build.run_builds(config, Cache(), reporter.notice)
     interrupts = _Interrupts()
     interrupts.install()
     summary = None
     try:
-        summary = runner.run(files, config, Cache(), reporter, options, jobs=args.jobs,
+        summary = runner.run(files, configs, Cache(), reporter, options_for, jobs=args.jobs,
                              fail_fast=args.fail_fast, interrupted=lambda: bool(interrupts))
     except KeyboardInterrupt:
         pass

@@ -27,6 +27,7 @@ DEFAULT_CPUS = 1
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _PROFILE_KEYS = {
+    "build": str,
     "kernel": str,
     "initrd": str,
     "modules_dir": str,
@@ -63,6 +64,7 @@ class Profile:
     cpus: int
     modules: tuple = ()
     source: str = "built-in"
+    build: str | None = None
 
 
 DEFAULT_FIXTURE_CACHE_LIMIT = "8G"
@@ -106,10 +108,19 @@ class Config:
 def find_root(start=None):
     """The nearest directory from `start` upward holding provium.toml, else `start`."""
     start = Path(start or os.getcwd()).resolve()
+    return _config_dir(start) or start
+
+
+def _config_dir(start):
     for directory in (start, *start.parents):
         if (directory / CONFIG_NAME).is_file():
             return directory
-    return start
+    return None
+
+
+def suite_root_of(test_file, default_root):
+    """The suite a test file belongs to: the nearest provium.toml above it, else the default root."""
+    return _config_dir(Path(test_file).resolve().parent) or default_root
 
 
 def load(start=None):
@@ -235,4 +246,5 @@ def _build_profile(name, table, config):
         cmdline=table.get("cmdline", ""), memory_mib=memory, cpus=cpus,
         modules=tuple(table.get("modules", ())),
         source=str(config.path) if name in config.raw_profiles else "built-in",
+        build=table.get("build"),
     )

@@ -46,8 +46,13 @@ def _vmlinux(profile, cache):
     return vmlinux, release_file.read_text()
 
 
+def modules_dir(profile, release):
+    """Where the profile's kernel modules are: its modules_dir, else /lib/modules/RELEASE."""
+    return profile.modules_dir or Path("/lib/modules") / release
+
+
 def _modules(profile, release):
-    directory = profile.modules_dir or Path("/lib/modules") / release
+    directory = modules_dir(profile, release)
     if not directory.is_dir():
         if profile.modules:
             raise ImageError(f"profile {profile.name!r}: modules {list(profile.modules)} requested "

@@ -330,11 +330,12 @@ class LuaFile:
             written = not readonly and self.snapshot_root is None
             what = f"boot option disks[{index}]" + (" (writable: the guest writes to it)" if written else "")
             checked.append(Disk(self._host_path(disk[b"path"], written, what), _text(disk[b"format"]), readonly))
-        self._vm(handle).boot(
-            memory=_text(memory), cpus=cpus,
-            files={_text(guest): self._host_path(host, False, f"boot option files[{_text(guest)!r}]")
-                   for guest, host in files.items()},
-            disks=checked)
+        files = {_text(guest): self._host_path(host, False, f"boot option files[{_text(guest)!r}]")
+                 for guest, host in files.items()}
+        if self.snapshot_root:  # a fixture depends on what it boots with: its key must see changes to them
+            for path in [*files.values(), *(disk.path for disk in checked)]:
+                self.required_files[path] = True
+        self._vm(handle).boot(memory=_text(memory), cpus=cpus, files=files, disks=checked)
 
     def _op_vm_json(self, handle, cmd):
         cmd = _text(cmd)

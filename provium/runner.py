@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import config as config_mod
 from .errors import ConfigError
 from .fixtures import Fixtures
 from .lua_runtime import FileOptions, LuaFile, build_fixture, display_name
@@ -61,8 +62,12 @@ class Summary:
         return self.count("skipped")
 
 
+_NOT_TESTS = {"fixtures", "lib"}  # fixture scripts and helper modules live here, not tests
+
+
 def discover(paths):
-    """Test files named by `paths` (files, directories searched for *.lua, globs), in order."""
+    """Test files named by `paths` (files, globs, directories searched for *.lua outside
+    fixtures/ and lib/ directories), in order."""
     found = []
     for arg in paths:
         matches = sorted(glob.glob(arg, recursive=True)) if glob.has_magic(arg) else [arg]
@@ -70,7 +75,8 @@ def discover(paths):
             raise ConfigError(f"no such file or directory: {arg}")
         for match in matches:
             if os.path.isdir(match):
-                found += sorted(str(p) for p in Path(match).rglob("*.lua"))
+                found += sorted(str(p) for p in Path(match).rglob("*.lua")
+                                if not _NOT_TESTS & set(p.relative_to(match).parts[:-1]))
             else:
                 found.append(match)
     unique = list(dict.fromkeys(os.path.normpath(p) for p in found))
@@ -141,14 +147,32 @@ class _InOrder:
             self._next += 1
 
 
-def run(files, config, cache, reporter, options=FileOptions(), jobs=1, fail_fast=False,
+def suites(files, default):
+    """{test file: its suite's Config}: the nearest provium.toml above each file, else `default`."""
+    configs = {default.root: default}
+    out = {}
+    for path in files:
+        root = config_mod.suite_root_of(path, default.root)
+        if root not in configs:
+            configs[root] = config_mod.load(root)
+        out[path] = configs[root]
+    return out
+
+
+def run(files, configs, cache, reporter, options_for=lambda config: FileOptions(), jobs=1, fail_fast=False,
         interrupted=lambda: False):
-    """Run the files on `jobs` threads; returns the Summary. Results are in file order."""
+    """Run the files on `jobs` threads; returns the Summary. Results are in file order.
+
+    configs: {file: Config} (see suites()); options_for(config) gives a suite's FileOptions.
+    """
     summary = Summary(files=[display_name(f) for f in files])
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="provium-run-"))
-    options = replace(options, scratch=scratch)
-    fixtures = Fixtures(config, cache, build_fixture, options)
+    per_suite = {}
+    for config in configs.values():
+        if config.root not in per_suite:
+            options = replace(options_for(config), scratch=scratch)
+            per_suite[config.root] = (options, Fixtures(config, cache, build_fixture, options))
     names = {f: display_name(f) for f in files}
     ordered = _InOrder([names[f] for f in files], reporter)
     lock = threading.Lock()
@@ -177,10 +201,10 @@ def run(files, config, cache, reporter, options=FileOptions(), jobs=1, fail_fast
             if fail_fast and result.outcome in ("failed", "error"):
                 stop.set()
 
-        file_options = replace(options, should_stop=stopped)
+        options, fixtures = per_suite[configs[path].root]
         try:
-            LuaFile(path, name, config, cache, on_test, interrupted, fixtures=fixtures,
-                    options=file_options, on_test_start=on_test_start).run()
+            LuaFile(path, name, configs[path], cache, on_test, interrupted, fixtures=fixtures,
+                    options=replace(options, should_stop=stopped), on_test_start=on_test_start).run()
         finally:
             ordered.add(name, "file_finished", name)
             ordered.finish(name)

@@ -1,0 +1,32 @@
+-- The provium_kv device's interface for tests: ioctl numbers (as <linux/ioctl.h>
+-- encodes them) and packers for its structs (module/provium_kv.h).
+local M = {}
+
+local IOC_WRITE, IOC_READ = 1, 2
+local function ioc(dir, type, nr, size)
+  return (dir << 30) | (size << 16) | (string.byte(type) << 8) | nr
+end
+
+M.SET = ioc(IOC_WRITE, "k", 1, 16)                  -- _IOW: struct pkv_entry
+M.COUNT = ioc(IOC_READ, "k", 2, 8)                  -- _IOR: __u64
+M.XCHG = ioc(IOC_READ | IOC_WRITE, "k", 3, 16)      -- _IOWR: struct pkv_entry
+M.BLOB = ioc(IOC_READ | IOC_WRITE, "k", 4, 16)      -- _IOWR: struct pkv_blob_req (user pointer)
+M.KEYS, M.BLOB_MAX = 16, 256
+M.DEVICE = "/dev/provium_kv"
+
+M.SYS = {read = 0, write = 1, close = 3, lseek = 8, openat = 257}
+M.EFAULT, M.EINVAL, M.ENOTTY = 14, 22, 25
+
+function M.entry(key, value) return provium.pack("u32 u32 u64", key, 0, value) end
+function M.unpack_entry(data) local key, _, value = provium.unpack("u32 u32 u64", data) return key, value end
+function M.blob_req(buf, len) return provium.pack("u64 u32 u32", buf, len, 0) end
+
+-- Opens the device in `vm` (a VM or a worker) and returns the fd.
+function M.open(vm)
+  local O_RDWR, AT_FDCWD = 2, -100
+  local fd = vm:syscall_buf(M.SYS.openat, 1, M.DEVICE .. "\0", AT_FDCWD, 0, O_RDWR)
+  assert(fd >= 0, "open " .. M.DEVICE .. ": " .. fd)
+  return fd
+end
+
+return M

@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * provium_kv.c: a small key-value character device written for Provium's
+ * kernel-module CI example. /dev/provium_kv holds 16 u64 values (ioctls) and
+ * one blob of up to 256 bytes (write/read), behind one mutex.
+ */
+#include <linux/fs.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/uaccess.h>
+
+#include "provium_kv.h"
+
+static DEFINE_MUTEX(pkv_lock);
+static u64 pkv_values[PKV_KEYS];
+static unsigned long pkv_present; /* bit per key */
+static char pkv_blob[PKV_BLOB_MAX];
+static size_t pkv_blob_len;
+
+static long pkv_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	void __user *uarg = (void __user *)arg;
+	struct pkv_blob_req req;
+	struct pkv_entry e;
+	u64 count, old;
+	long ret = 0;
+
+	switch (cmd) {
+	case PKV_SET:
+	case PKV_XCHG:
+		if (copy_from_user(&e, uarg, sizeof(e)))
+			return -EFAULT;
+		if (e.key >= PKV_KEYS)
+			return -EINVAL;
+		mutex_lock(&pkv_lock);
+		old = pkv_values[e.key];
+		pkv_values[e.key] = e.value;
+		set_bit(e.key, &pkv_present);
+		mutex_unlock(&pkv_lock);
+		pr_info("provium_kv: set key %u\n", e.key);
+		if (cmd == PKV_XCHG) {
+			e.value = old;
+			if (copy_to_user(uarg, &e, sizeof(e)))
+				return -EFAULT;
+		}
+		return 0;
+	case PKV_COUNT:
+		mutex_lock(&pkv_lock);
+		count = hweight_long(pkv_present);
+		mutex_unlock(&pkv_lock);
+		return copy_to_user(uarg, &count, sizeof(count)) ? -EFAULT : 0;
+	case PKV_BLOB:
+		if (copy_from_user(&req, uarg, sizeof(req)))
+			return -EFAULT;
+		mutex_lock(&pkv_lock);
+		if (req.len < pkv_blob_len) {
+			ret = -EINVAL;
+		} else if (copy_to_user(u64_to_user_ptr(req.buf), pkv_blob, pkv_blob_len)) {
+			ret = -EFAULT;
+		} else {
+			req.copied = pkv_blob_len;
+			if (copy_to_user(uarg, &req, sizeof(req)))
+				ret = -EFAULT;
+		}
+		mutex_unlock(&pkv_lock);
+		return ret;
+	default:
+		return -ENOTTY;
+	}
+}
+
+static ssize_t pkv_write(struct file *file, const char __user *buf, size_t len, loff_t *pos)
+{
+	if (len > PKV_BLOB_MAX)
+		return -EINVAL;
+	mutex_lock(&pkv_lock);
+	if (copy_from_user(pkv_blob, buf, len)) {
+		mutex_unlock(&pkv_lock);
+		return -EFAULT;
+	}
+	pkv_blob_len = len;
+	mutex_unlock(&pkv_lock);
+	pr_info("provium_kv: stored a blob of %zu bytes\n", len);
+	return len;
+}
+
+static ssize_t pkv_read(struct file *file, char __user *buf, size_t len, loff_t *pos)
+{
+	ssize_t ret;
+
+	mutex_lock(&pkv_lock);
+	ret = simple_read_from_buffer(buf, len, pos, pkv_blob, pkv_blob_len);
+	mutex_unlock(&pkv_lock);
+	return ret;
+}
+
+static const struct file_operations pkv_fops = {
+	.owner = THIS_MODULE,
+	.unlocked_ioctl = pkv_ioctl,
+	.read = pkv_read,
+	.write = pkv_write,
+	.llseek = default_llseek,
+};
+
+static struct miscdevice pkv_dev = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "provium_kv",
+	.fops = &pkv_fops,
+	.mode = 0666,
+};
+
+static int __init pkv_init(void)
+{
+	int ret = misc_register(&pkv_dev);
+
+	if (!ret)
+		pr_info("provium_kv: loaded\n");
+	return ret;
+}
+
+static void __exit pkv_exit(void)
+{
+	misc_deregister(&pkv_dev);
+	pr_info("provium_kv: unloaded\n");
+}
+
+module_init(pkv_init);
+module_exit(pkv_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("Provium example: a key-value character device");

@@ -1,0 +1,28 @@
+/* provium_kv.h: the ioctl interface of the provium_kv example device (/dev/provium_kv). */
+#ifndef PROVIUM_KV_H
+#define PROVIUM_KV_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define PKV_KEYS 16        /* keys 0..15 */
+#define PKV_BLOB_MAX 256   /* bytes a write() may store */
+
+struct pkv_entry {         /* 16 bytes */
+	__u32 key;
+	__u32 pad;
+	__u64 value;
+};
+
+struct pkv_blob_req {      /* 16 bytes: a user-space pointer to a buffer */
+	__u64 buf;             /* where the stored blob is copied to */
+	__u32 len;             /* size of that buffer */
+	__u32 copied;          /* out: bytes copied */
+};
+
+#define PKV_SET   _IOW('k', 1, struct pkv_entry)     /* store value under key */
+#define PKV_COUNT _IOR('k', 2, __u64)                /* how many keys hold a value */
+#define PKV_XCHG  _IOWR('k', 3, struct pkv_entry)    /* swap: the old value comes back */
+#define PKV_BLOB  _IOWR('k', 4, struct pkv_blob_req) /* copy the stored blob to buf */
+
+#endif

@@ -1,0 +1,71 @@
+-- provium_kv's ioctls: each direction's happy path and its error paths.
+local pkv = require("lib.pkv")
+
+test("_IOW SET then _IOWR XCHG returns the old value", function()
+  local vm = provium.fixture("kmod")
+  local fd = pkv.open(vm)
+  assert_eq(0, vm:ioctl(fd, pkv.SET, pkv.entry(3, 1000)))
+  local ret, out = vm:ioctl(fd, pkv.XCHG, pkv.entry(3, 2000))
+  assert_eq(0, ret)
+  local key, old = pkv.unpack_entry(out)
+  assert_eq(3, key)
+  assert_eq(1000, old)
+  local _, again = vm:ioctl(fd, pkv.XCHG, pkv.entry(3, 0))
+  assert_eq(2000, select(2, pkv.unpack_entry(again)))
+end)
+
+test("_IOR COUNT reports how many keys hold a value", function()
+  local vm = provium.fixture("kmod")
+  local fd = pkv.open(vm)
+  local ret, out = vm:ioctl(fd, pkv.COUNT, provium.pack("u64", 99))
+  assert_eq(0, ret)
+  assert_eq(0, provium.unpack("u64", out), "a fresh clone of the fixture has no keys")
+  for key = 0, 4 do vm:ioctl(fd, pkv.SET, pkv.entry(key, key * 10)) end
+  assert_eq(5, provium.unpack("u64", select(2, vm:ioctl(fd, pkv.COUNT, provium.pack("u64", 0)))))
+end)
+
+test("BLOB copies the stored blob through a user pointer in its struct", function()
+  local vm = provium.fixture("kmod")
+  local fd = pkv.open(vm)
+  assert_eq(11, vm:syscall_buf(pkv.SYS.write, 1, "hello world", fd, 0, 11))
+  local ret, req, blob = vm:ioctl_buf(fd, pkv.BLOB, pkv.blob_req(0, 64), {
+    {ptr_offset = 0, buf_len = 64, output = true},
+  })
+  assert_eq(0, ret)
+  assert_eq(11, select(3, provium.unpack("u64 u32 u32", req)))
+  assert_eq("hello world", blob:sub(1, 11))
+end)
+
+test("write and read are the blob's file operations", function()
+  local vm = provium.fixture("kmod")
+  vm:write_file(pkv.DEVICE, "via write(2)")
+  assert_eq("via write(2)", vm:read_file(pkv.DEVICE))
+  assert_eq("via write(2)", vm:exec("cat " .. pkv.DEVICE).stdout.value)
+end)
+
+test("a bad user pointer gives -EFAULT", function()
+  local vm = provium.fixture("kmod")
+  local fd = pkv.open(vm)
+  vm:syscall_buf(pkv.SYS.write, 1, "data", fd, 0, 4)
+  -- the struct is valid, the buffer it points to is not mapped
+  assert_eq(-pkv.EFAULT, vm:ioctl(fd, pkv.BLOB, pkv.blob_req(0x10, 64)))
+  -- the argument itself is not a valid pointer
+  assert_eq(-pkv.EFAULT, vm:syscall(16, fd, pkv.SET, 0x10))
+end)
+
+test("out-of-range input gives -EINVAL", function()
+  local vm = provium.fixture("kmod")
+  local fd = pkv.open(vm)
+  assert_eq(-pkv.EINVAL, vm:ioctl(fd, pkv.SET, pkv.entry(pkv.KEYS, 1)))
+  local too_long = string.rep("x", pkv.BLOB_MAX + 1)
+  assert_eq(-pkv.EINVAL, vm:syscall_buf(pkv.SYS.write, 1, too_long, fd, 0, #too_long))
+  vm:syscall_buf(pkv.SYS.write, 1, "0123456789", fd, 0, 10)
+  assert_eq(-pkv.EINVAL, vm:ioctl(fd, pkv.BLOB, pkv.blob_req(0, 4)), "a buffer too small for the blob")
+end)
+
+test("an unknown command gives -ENOTTY", function()
+  local vm = provium.fixture("kmod")
+  local fd = pkv.open(vm)
+  assert_eq(-pkv.ENOTTY, vm:ioctl(fd, 0xC0106B7F, pkv.entry(0, 0)))
+  assert_eq(-pkv.ENOTTY, vm:ioctl(fd, 0x5401))
+end)

@@ -1,0 +1,38 @@
+-- seccomp: a filter built with provium.pack, installed with prctl through syscall_ptr.
+local sys = require("lib.sys")
+local bpf = require("lib.bpf")
+
+local vm = provium.create("security")
+vm:boot()
+
+test("the filtered syscall fails with the filter's errno, others still work", function()
+  local w = vm:spawn()
+  local filter, count = bpf.errno_filter({[sys.nr.getppid] = sys.errno.EXDEV})
+  assert_eq(0, bpf.install(w, filter, count))
+  assert_eq(-sys.errno.EXDEV, w:syscall(sys.nr.getppid))
+  assert_eq(w.pid, w:syscall(sys.nr.getpid), "other syscalls are allowed")
+  assert(w:exec("true").ok, "the worker can still start commands")
+end)
+
+test("other workers and the VM are not filtered", function()
+  local filtered, other = vm:spawn(), vm:spawn()
+  local filter, count = bpf.errno_filter({[sys.nr.getppid] = sys.errno.EXDEV})
+  assert_eq(0, bpf.install(filtered, filter, count))
+  assert_eq(-sys.errno.EXDEV, filtered:syscall(sys.nr.getppid))
+  assert(other:syscall(sys.nr.getppid) > 0)
+  assert(vm:syscall(sys.nr.getppid) > 0)
+end)
+
+test("commands a filtered worker starts inherit the filter", function()
+  local w = vm:spawn()
+  local filter, count = bpf.errno_filter({[sys.nr.getppid] = sys.errno.EXDEV})
+  assert_eq(0, bpf.install(w, filter, count))
+  assert_contains(w:exec("grep Seccomp: /proc/self/status").stdout, "2")
+  assert_contains(vm:exec("grep Seccomp: /proc/self/status").stdout, "0")
+end)
+
+test("a malformed filter is refused by the kernel", function()
+  local w = vm:spawn()
+  local bad = bpf.insn(0xffff, 0, 0, 0)
+  assert_eq(-sys.errno.EINVAL, bpf.install(w, bad, 1))
+end)
