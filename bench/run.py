@@ -14,6 +14,7 @@ import boot  # noqa: E402
 import fixtures  # noqa: E402
 import ops  # noqa: E402
 import parallel  # noqa: E402
+import peers  # noqa: E402
 
 
 def main():
@@ -27,6 +28,8 @@ def main():
     fixtures.main(["--runs", "2" if quick else "9"])
     print()
     parallel.main(["--runs", "1" if quick else "5"])
+    print()
+    peers.main(["--runs", "3", "--vng-runs", "1"] if quick else ["--runs", "30", "--vng-runs", "3"])
 
 
 if __name__ == "__main__":

@@ -152,10 +152,12 @@ def cmd_run(args):
 def cmd_fixtures(args):
     config = config_mod.load()
     scratch = tempfile.mkdtemp(prefix="provium-run-")
+    fixtures = Fixtures(config, Cache(), build_fixture, FileOptions(
+        timeouts=Timeouts.from_settings(config.run, accelerator()[0]), scratch=Path(scratch)))
     try:
-        return _fixtures_action(args, config, Fixtures(config, Cache(), build_fixture, FileOptions(
-            timeouts=Timeouts.from_settings(config.run, accelerator()[0]), scratch=Path(scratch))))
+        return _fixtures_action(args, config, fixtures)
     finally:
+        fixtures.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 

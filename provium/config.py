@@ -35,6 +35,7 @@ _PROFILE_KEYS = {
     "memory": str,
     "cpus": int,
     "modules": list,
+    "qemu_args": list,
 }
 
 
@@ -65,6 +66,7 @@ class Profile:
     modules: tuple = ()
     source: str = "built-in"
     build: str | None = None
+    qemu_args: tuple = ()
 
 
 DEFAULT_FIXTURE_CACHE_LIMIT = "8G"
@@ -184,6 +186,8 @@ def _check_keys(name, table, config):
     for module in table.get("modules", []):
         if not isinstance(module, str) or not module:
             raise ConfigError(f"{_where(config, name, 'modules')}: entries must be module names")
+    if not all(isinstance(arg, str) for arg in table.get("qemu_args", [])):
+        raise ConfigError(f"{_where(config, name, 'qemu_args')}: entries must be strings")
 
 
 def newest_host_kernel(boot="/boot", modules_root="/lib/modules"):
@@ -247,4 +251,5 @@ def _build_profile(name, table, config):
         modules=tuple(table.get("modules", ())),
         source=str(config.path) if name in config.raw_profiles else "built-in",
         build=table.get("build"),
+        qemu_args=tuple(table.get("qemu_args", ())),
     )

@@ -9,6 +9,11 @@ and a lookup that finds any of them changed rebuilds. Entries are built in a
 temporary directory and renamed into place under a lock, so a killed build
 leaves nothing a later run trusts; an entry that fails to restore is rebuilt
 once. A size cap evicts the least recently used entries.
+
+Once a fixture has been asked for, the next clone of it is resumed and warmed
+(its first command run, which fills QEMU's translation cache) ahead of time on
+a launcher thread that lives as long as the run, so a file that asks for the
+same fixture again gets a ready clone.
 """
 
 import dataclasses
@@ -18,7 +23,9 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import agent_build, images, qemu
@@ -79,7 +86,18 @@ class Fixtures:
         self.limit = parse_memory(config.fixture_cache_limit, "fixtures.cache_limit") * 1024 * 1024
         self._entries = {}
         self._failed = {}
-        self._building = []
+        self._building_here = threading.local()
+        self._pool = {}  # name -> Future of a resumed, warmed clone
+        self._pool_lock = threading.Lock()
+        # QEMU dies with the thread that started it: pooled clones start on this long-lived one
+        self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provium-pool")
+
+    @property
+    def _building(self):
+        """The fixtures this thread is building, outermost first (to catch a fixture needing itself)."""
+        if not hasattr(self._building_here, "names"):
+            self._building_here.names = []
+        return self._building_here.names
 
     # ---------------------------------------------------------------- naming and keys
 
@@ -123,7 +141,8 @@ class Fixtures:
         path = self.root / name / key
         try:
             manifest = json.loads((path / MANIFEST).read_text())
-            spec = SnapshotSpec(**{**manifest["spec"], "disks": tuple(map(tuple, manifest["spec"]["disks"]))})
+            spec = SnapshotSpec(**{**manifest["spec"], "disks": tuple(map(tuple, manifest["spec"]["disks"])),
+                                    "qemu_args": tuple(manifest["spec"]["qemu_args"])})
             if (path / SNAPSHOT_RAM).stat().st_size != spec.memory_mib * 1024 * 1024:
                 return None
             if (path / SNAPSHOT_STATE).stat().st_size == 0:
@@ -188,7 +207,46 @@ class Fixtures:
     # ---------------------------------------------------------------- clones
 
     def clone(self, name, snapshot_dir=None):
-        """A running, independent clone of fixture `name` (resumed from its snapshot)."""
+        """A running, independent clone of fixture `name`: a warm one from the pool when there is one."""
+        if snapshot_dir is not None:  # a fixture being built on this one: a private copy, never pooled
+            return self.resume(name, snapshot_dir)
+        with self._pool_lock:
+            pooled = self._pool.get(name)
+            if pooled is not None and pooled.done():
+                del self._pool[name]
+            else:
+                pooled = None  # not ready: never wait for it, resume here (in parallel with it)
+        vm = None
+        if pooled is not None:
+            try:
+                vm = pooled.result()
+            except ProviumError:
+                pass  # resume it here instead, where the error reaches the test
+        if vm is None or vm.state != "running":
+            vm = self.resume(name)
+        with self._pool_lock:
+            if name not in self._pool:
+                self._pool[name] = self._launcher.submit(self._warm_clone, name)
+        return vm
+
+    def _warm_clone(self, name):
+        vm = self.resume(name)
+        vm.exec("true")
+        return vm
+
+    def close(self):
+        """Stop the pool: kill the clones nobody took."""
+        with self._pool_lock:
+            pooled, self._pool = list(self._pool.values()), {}
+        for future in pooled:
+            future.cancel()
+        self._launcher.shutdown(wait=True)
+        for future in pooled:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                future.result().kill()
+
+    def resume(self, name, snapshot_dir=None):
+        """A clone resumed now (not from the pool); with snapshot_dir, one that can be snapshotted."""
         entry = self.entry(name)
         for attempt in (1, 2):
             try:

@@ -13,6 +13,7 @@ at interpreter exit.
 """
 
 import atexit
+import logging
 import os
 import shutil
 import signal
@@ -42,6 +43,10 @@ FAST_CMDLINE = (
     "vga_arb_device_init,ged_driver_init,blake2s_mod_init,acpi_thermal_init,cxl_core_init,"
     "bpf_tcp_ca_kfunc_init"
 )
+
+# A guest that powers off closes QMP under qemu.qmp's reader, which logs that as an error; it is expected.
+logging.getLogger("qemu.qmp").addHandler(logging.NullHandler())
+logging.getLogger("qemu.qmp").propagate = False
 
 _live = set()
 _live_lock = threading.Lock()
@@ -98,7 +103,7 @@ class QemuMachine:
     """A QEMU process booting `vmlinux` + `initrd` on a microvm machine."""
 
     def __init__(self, *, vmlinux, initrd, cmdline, memory_mib, cpus, accel, disks=(), name="vm",
-                 ram_file=None, ram_shared=True, incoming=None, workdir=None):
+                 ram_file=None, ram_shared=True, incoming=None, workdir=None, extra_args=()):
         """ram_file: back guest RAM with this file (needed to snapshot or to resume);
         ram_shared=False maps it copy-on-write. incoming: a snapshot's device state
         file to resume from (the VM then waits paused for resume_incoming())."""
@@ -129,6 +134,7 @@ class QemuMachine:
             "-device", "virtserialport,chardev=agent,name=provium.agent",
             "-chardev", f"socket,id=qmp,path={self.qmp_path}", "-mon", "chardev=qmp,mode=control",
         ]
+        self.args += list(extra_args)
         for index, disk in enumerate(disks):
             self.args += [
                 "-drive", f"file={_qemu_escape(disk.path)},format={disk.format},if=none,id=disk{index},"

@@ -217,6 +217,8 @@ def run(files, configs, cache, reporter, options_for=lambda config: FileOptions(
                 for future in done:
                     future.result()
     finally:
+        for _, fixtures in per_suite.values():
+            fixtures.close()
         shutil.rmtree(scratch, ignore_errors=True)
     order = {name: i for i, name in enumerate(summary.files)}
     summary.results.sort(key=lambda r: order[r.file])  # stable: tests keep their order within a file

@@ -73,6 +73,7 @@ class SnapshotSpec:
     cpus: int
     accel: str
     disks: tuple = ()  # (format, readonly) per disk, in order
+    qemu_args: tuple = ()
 
 
 def _overlay(path, backing, backing_format):
@@ -292,11 +293,13 @@ class Vm(GuestOps):
         self.spec = SnapshotSpec(
             profile=self.profile.name, vmlinux=str(boot_images.vmlinux), initrd=str(boot_images.initrd),
             cmdline=qemu.kernel_cmdline(accel, tsc, self.profile.cmdline), memory_mib=memory_mib,
-            cpus=cpus, accel=accel, disks=tuple((d.format, d.readonly) for d in disks))
+            cpus=cpus, accel=accel, disks=tuple((d.format, d.readonly) for d in disks),
+            qemu_args=self.profile.qemu_args)
         self._reserved = resources.host_memory.reserve(memory_mib, f"VM {self.name!r}")
         self.machine = qemu.QemuMachine(
             vmlinux=boot_images.vmlinux, initrd=boot_images.initrd, cmdline=self.spec.cmdline,
-            memory_mib=memory_mib, cpus=cpus, accel=accel, disks=disks, name=self.name, ram_file=ram_file)
+            memory_mib=memory_mib, cpus=cpus, accel=accel, disks=disks, name=self.name, ram_file=ram_file,
+            extra_args=self.profile.qemu_args)
         self.state = "running"
         try:
             self.client = AgentClient(self.machine.launch(timeout), watch=self.check_console)
@@ -403,7 +406,7 @@ class Vm(GuestOps):
         vm.machine = qemu.QemuMachine(
             vmlinux=spec.vmlinux, initrd=spec.initrd, cmdline=spec.cmdline, memory_mib=spec.memory_mib,
             cpus=spec.cpus, accel=spec.accel, disks=disks, name=vm.name, ram_file=ram_file,
-            ram_shared=shared, incoming=Path(entry) / SNAPSHOT_STATE, workdir=workdir)
+            ram_shared=shared, incoming=Path(entry) / SNAPSHOT_STATE, workdir=workdir, extra_args=spec.qemu_args)
         vm.state = "running"
         try:
             vm.client = AgentClient(vm.machine.launch(timeout), watch=vm.check_console)

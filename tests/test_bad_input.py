@@ -21,7 +21,7 @@ from provium.vm import Vm
 
 @pytest.mark.parametrize("toml, message", [
     ("[profiles.x\n", "provium.toml: syntax error: Expected ']' at the end of a table declaration (at line 1, column 12)"),
-    ("[profiles.x]\nkernal = \"k\"\n", "provium.toml: profile 'x': key 'kernal': unknown key (allowed: build, cmdline, cpus, initrd, kernel, memory, modules, modules_dir)"),
+    ("[profiles.x]\nkernal = \"k\"\n", "provium.toml: profile 'x': key 'kernal': unknown key (allowed: build, cmdline, cpus, initrd, kernel, memory, modules, modules_dir, qemu_args)"),
     ("[profiles.x]\ncpus = \"two\"\n", "provium.toml: profile 'x': key 'cpus': must be an integer, not str"),
     ("[profiles.x]\nmemory = 512\n", "provium.toml: profile 'x': key 'memory': must be a string, not int"),
     ("[profiles.x]\nkernel = \"missing/bzImage\"\n", "provium.toml: profile 'x': key 'kernel': file not found: {root}/missing/bzImage"),
