@@ -254,6 +254,16 @@ class QemuMachine:
                              "restoring the snapshot", timeout)
         self._cmd("cont")
 
+    def release_qmp(self):
+        """Close the monitor now, from the thread that opened it: a VM that is never snapshotted
+        does not need it, and its event loop belongs to this thread."""
+        if self.qmp is not None:
+            try:
+                self.qmp.close()
+            except Exception:  # the monitor may already be gone with QEMU
+                pass
+            self.qmp = None
+
     def stderr_text(self):
         try:
             return " ".join(self._stderr_path.read_text(errors="replace").split())[-500:]
@@ -285,12 +295,7 @@ class QemuMachine:
 
     def kill(self):
         """Kill QEMU at once and remove its files. Safe to call repeatedly."""
-        if self.qmp is not None:
-            try:
-                self.qmp.close()
-            except Exception:  # the monitor may already be gone with QEMU
-                pass
-            self.qmp = None
+        self.release_qmp()
         if self.process is not None and self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)

@@ -303,6 +303,8 @@ class Vm(GuestOps):
         self.state = "running"
         try:
             self.client = AgentClient(self.machine.launch(timeout), watch=self.check_console)
+            if self.snapshot_dir is None:
+                self.machine.release_qmp()
             remaining = timeout - (time.monotonic() - started)
             self.client.wait_hello(remaining)
             self.client.handshake(max(1.0, timeout - (time.monotonic() - started)))
@@ -411,6 +413,8 @@ class Vm(GuestOps):
         try:
             vm.client = AgentClient(vm.machine.launch(timeout), watch=vm.check_console)
             vm.machine.resume_incoming(timeout)
+            if vm.snapshot_dir is None:
+                vm.machine.release_qmp()
             vm.client.handshake(timeout)
             vm.client.request(protocol.ROUTER_CHANNEL, "set_clock", timeout, realtime_ns=time.time_ns())
         except (ConnectionLost, DeadlineError) as exc:
