@@ -23,9 +23,6 @@ from .errors import ConfigError
 from .fixtures import Fixtures
 from .lua_runtime import FileOptions, LuaFile, build_fixture, display_name
 
-OUTCOMES = ("passed", "failed", "error", "skipped")
-
-
 @dataclass
 class TestResult:
     file: str

@@ -223,9 +223,6 @@ class GuestOps:
         return JobResult(reply["running"], reply.get("exit_code"), reply.get("stdout", b""),
                          reply.get("stderr", b""), reply.get("truncated", False))
 
-    def ping(self):
-        self._request("ping")
-
     def exec(self, cmd):
         """Run `sh -c cmd`; an ExecResult with binary stdout and stderr."""
         reply = self._request("exec", cmd=cmd)
@@ -256,7 +253,6 @@ class Vm(GuestOps):
         self.state = "created"
         self.machine = None
         self.client = None
-        self.boot_seconds = None
 
     def __repr__(self):
         return f"<Vm {self.name} {self.state}>"
@@ -314,7 +310,6 @@ class Vm(GuestOps):
         except BaseException:
             self.kill()
             raise
-        self.boot_seconds = time.monotonic() - started
         if boot_files:
             self._copy_in(boot_files)
 
@@ -393,7 +388,6 @@ class Vm(GuestOps):
         vm = cls(profile, cache, name, snapshot_dir, timeouts)
         vm.spec = spec
         timeout = deadline.clamp(timeouts.boot)
-        started = time.monotonic()
         workdir = qemu.make_workdir()
         disk_dir = vm.snapshot_dir or workdir
         ram_file, shared = Path(entry) / SNAPSHOT_RAM, False
@@ -422,7 +416,6 @@ class Vm(GuestOps):
         except BaseException:
             vm.kill()
             raise
-        vm.boot_seconds = time.monotonic() - started
         return vm
 
     def snapshot(self):
