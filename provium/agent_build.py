@@ -5,6 +5,7 @@ works; nothing else is needed on a fresh machine) and cached under a key of
 its sources and the compiler version, so an edited source rebuilds it.
 """
 
+import functools
 import shutil
 import subprocess
 from importlib import resources
@@ -34,6 +35,14 @@ def _compiler():
 
 def build(cache):
     """Path of the static agent binary, compiling it if the cache has none."""
+    return _build(cache.root)
+
+
+@functools.lru_cache(maxsize=None)
+def _build(cache_root):
+    """Looked up once per process and cache: hashing the sources and asking the compiler's version
+    takes ~2 ms, and a run asks for the agent at every boot and fixture lookup."""
+    cache = cache_mod.Cache(cache_root)
     directory = source_dir()
     sources = sorted(p for p in directory.iterdir() if p.suffix in (".c", ".h"))
     if not sources:

@@ -113,8 +113,12 @@ class Fixtures:
     def key(self, name):
         """The key of the fixture's current source and environment."""
         config_text = self.config.path.read_bytes() if self.config.path else b""
-        return digest(_FORMAT, self.source(name), config_text, agent_build.build(self.cache),
-                      qemu_version(), accelerator()[0])
+        return digest(_FORMAT, self.source(name), config_text, self._environment)
+
+    @functools.cached_property
+    def _environment(self):
+        """What every key shares: the agent binary, the QEMU version and the accelerator (once per run)."""
+        return digest(agent_build.build(self.cache), qemu_version(), accelerator()[0])
 
     # ---------------------------------------------------------------- lookup
 
