@@ -37,6 +37,18 @@ local function check(method, index, name, value, expected, optional)
   end
 end
 
+-- Raises at the API caller's line for an option not in `known` ({name = true}).
+local function known_options(method, opts, known)
+  for key in pairs(opts) do
+    if not known[key] then
+      local names = {}
+      for name in pairs(known) do names[#names + 1] = name end
+      table.sort(names)
+      error(method .. ": unknown option '" .. tostring(key) .. "' (known: " .. table.concat(names, ", ") .. ")", 3)
+    end
+  end
+end
+
 ---------------------------------------------------------------- strings
 
 local StrMeta = {__metatable = false}
@@ -95,12 +107,7 @@ function VM:boot(opts)
   is_vm(self, "vm:boot")
   check("vm:boot", 1, "opts", opts, "table", true)
   opts = opts or {}
-  local known = {memory = true, cpus = true, files = true, disks = true}
-  for key in pairs(opts) do
-    if not known[key] then
-      error("vm:boot: unknown option '" .. tostring(key) .. "' (known: cpus, disks, files, memory)", 2)
-    end
-  end
+  known_options("vm:boot", opts, {memory = true, cpus = true, files = true, disks = true})
   check("vm:boot", 1, "opts.memory", opts.memory, "string", true)
   if opts.cpus ~= nil and math.type(opts.cpus) ~= "integer" then
     error("vm:boot: option cpus must be an integer, got " .. type(opts.cpus), 2)
@@ -391,11 +398,7 @@ function VM:spawn(opts)
   end
   check("vm:spawn", 1, "opts", opts, "table", true)
   opts = opts or {}
-  for key in pairs(opts) do
-    if key ~= "thread" then
-      error("vm:spawn: unknown option '" .. tostring(key) .. "' (known: thread)", 2)
-    end
-  end
+  known_options("vm:spawn", opts, {thread = true})
   check("vm:spawn", 1, "opts.thread", opts.thread, "boolean", true)
   local handle, pid, tid = call(bridge.vm_spawn, self._h, opts.thread == true)
   return setmetatable({_h = handle, _name = self._name .. "/" .. tid, pid = pid, tid = tid}, Worker)
@@ -616,15 +619,12 @@ local function deadline_hook()
 end
 
 function test(name, opts, fn)
-  if fn == nil then opts, fn = {}, opts end
+  local fn_index = 3
+  if fn == nil then opts, fn, fn_index = {}, opts, 2 end
   check("test", 1, "name", name, "string")
   check("test", 2, "opts", opts, "table")
-  check("test", fn == opts and 2 or 3, "fn", fn, "function")
-  for key in pairs(opts) do
-    if key ~= "timeout" then
-      error("test: unknown option '" .. tostring(key) .. "' (known: timeout)", 2)
-    end
-  end
+  check("test", fn_index, "fn", fn, "function")
+  known_options("test", opts, {timeout = true})
   check("test", 2, "opts.timeout", opts.timeout, "number", true)
   if current_test ~= nil then
     error("test(): cannot nest test '" .. name .. "' inside test '" .. current_test .. "'", 2)
