@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__, config as config_mod, profile_build, qemu, runner
 from .cache import Cache
 from .errors import ConfigError, ProviumError
-from .fixtures import Fixtures
+from .fixtures import FixtureError, Fixtures
 from .lua_runtime import FileOptions, build_fixture
 from .report import (JsonEventsReport, JUnitReport, KtapReport, ListReporter, LiveTerminalReporter, Reporters,
                      TerminalReporter)
@@ -164,9 +164,10 @@ def cmd_fixtures(args):
 def _fixtures_action(args, config, fixtures):
     if args.action == "list":
         rows = fixtures.entries()
-        print(f"{'NAME':<20} {'KEY':<32} {'SIZE':>9}  LAST USED")
-        for name, key, _, size, last in rows:
-            print(f"{name:<20} {key:<32} {size / 1048576:>7.1f}M  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(last))}")
+        print(f"{'NAME':<20} {'KEY/VARIANT':<25} {'SIZE':>9}  LAST USED")
+        for name, identity, _, size, last in rows:
+            short = "/".join(part[:12] for part in identity.split("/"))
+            print(f"{name:<20} {short:<25} {size / 1048576:>7.1f}M  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(last))}")
         return EXIT_OK
     if args.action == "clean":
         fixtures.clean()
@@ -176,9 +177,15 @@ def _fixtures_action(args, config, fixtures):
     if not names:
         raise ConfigError(f"no fixtures: {config.root / 'fixtures'} has no *.lua files")
     for name in names:
+        try:
+            fixtures.source(name)  # an unknown name fails before any build runs
+        except FixtureError as exc:
+            raise ConfigError(str(exc)) from None
+    profile_build.run_builds(config, fixtures.cache, print)  # what the fixtures boot with, as `provium run` does
+    for name in names:
         started = time.monotonic()
         entry = fixtures.entry(name)
-        print(f"{name}: {entry.key} ({time.monotonic() - started:.2f} s)")
+        print(f"{name}: {entry.identity} ({time.monotonic() - started:.2f} s)")
     return EXIT_OK
 
 

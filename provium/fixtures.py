@@ -1,14 +1,19 @@
 """Fixtures: prepared guests built once by fixtures/NAME.lua, snapshotted, resumed as clones.
 
-An entry lives in <cache>/fixtures/NAME/KEY/: the guest's RAM file, its device
-state, its frozen disk overlays and manifest.json. The key covers the fixture's
-source, the suite's provium.toml, the agent, the QEMU version and the
-accelerator; the manifest records what else the build depended on (the boot
-images of its profile, the files it required, the fixtures it started from),
-and a lookup that finds any of them changed rebuilds. Entries are built in a
-temporary directory and renamed into place under a lock, so a killed build
-leaves nothing a later run trusts; an entry that fails to restore is rebuilt
-once. A size cap evicts the least recently used entries.
+An entry lives in <cache>/fixtures/NAME/KEY/VARIANT/: the guest's RAM file,
+its device state, its frozen disk overlays and manifest.json. KEY is what is
+known before the script runs (its source, provium.toml, the agent, the QEMU
+version, the accelerator); VARIANT is the content of everything the build
+read: the files it required, read or booted with, its profile's boot images,
+its disks and the entries of the fixtures it started from. Inputs are recorded
+by content and by their place in the suite ("@root/module/x.ko"), never by an
+absolute path, so two checkouts of one suite with different files each get
+their own variant (both stay cached), and a cache moved along with its suite,
+or to another machine with the same kernel and QEMU, still hits.
+
+Entries are built in a temporary directory and renamed into place under a
+lock, so a killed build leaves nothing a later run trusts; an entry that fails
+to restore is rebuilt once. A size cap evicts the least recently used entries.
 
 Once a fixture has been asked for, the next clone of it is resumed and warmed
 (its first command run, which fills QEMU's translation cache) ahead of time on
@@ -34,10 +39,11 @@ from .config import parse_memory
 from .errors import BootError, ProviumError, QemuError
 from .vm import SNAPSHOT_RAM, SNAPSHOT_STATE, SnapshotSpec, Vm, accelerator
 
-_FORMAT = 1
+_FORMAT = 2
 MANIFEST = "manifest.json"
 LAST_USED = "last-used"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+SUITE_ANCHOR, CACHE_ANCHOR = "@root/", "@cache/"
 
 
 class FixtureError(ProviumError):
@@ -46,10 +52,17 @@ class FixtureError(ProviumError):
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
+    """One cached snapshot of a fixture."""
+
     name: str
-    key: str
+    key: str      # what was known before the script ran: source, provium.toml, agent, QEMU, accelerator
+    variant: str  # the content of everything the build read
     path: Path
     spec: SnapshotSpec
+
+    @property
+    def identity(self) -> str:
+        return f"{self.key}/{self.variant}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +70,8 @@ class BuildResult:
     """What running a fixture script produced: the VM to snapshot and what it used."""
 
     vm: Vm
-    files: dict  # required file path -> content digest
-    deps: dict   # fixture name -> key
+    files: tuple[Path, ...]  # host files the script required, read or booted with
+    deps: dict[str, str]     # fixture name -> identity of the entry it started from
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,6 +83,46 @@ def qemu_version():
 def disk_usage(path):
     """Bytes a directory tree really occupies (RAM files are sparse)."""
     return sum(p.stat().st_blocks * 512 for p in Path(path).rglob("*") if p.is_file())
+
+
+_digests: dict[tuple, str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """The content digest of a file, hashed again only when its inode, size or mtime changed."""
+    st = path.stat()
+    stamp = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if stamp not in _digests:
+        _digests[stamp] = digest(path)
+    return _digests[stamp]
+
+
+def _backing_file(qcow2: Path) -> str | None:
+    """The backing file a qcow2 image names in its header (None when it has none)."""
+    with open(qcow2, "rb") as f:
+        header = f.read(20)
+        offset, size = int.from_bytes(header[8:16], "big"), int.from_bytes(header[16:20], "big")
+        if header[:4] != b"QFI\xfb" or not offset:
+            return None
+        f.seek(offset)
+        return os.fsdecode(f.read(size))
+
+
+def _rebase(qcow2: Path, backing: Path | None, backing_format: str) -> None:
+    """Point a frozen overlay at `backing` (the same content, found elsewhere now), or, with
+    None, copy its backing's data into it so that it stands alone."""
+    args = ["-u", "-F", backing_format, "-b", str(backing)] if backing else ["-b", ""]
+    result = subprocess.run(["qemu-img", "rebase", "-q", "-f", "qcow2", *args, str(qcow2)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise FixtureError(f"cannot rebase the fixture disk {qcow2}: {result.stderr.strip()}")
+
+
+def _last_used(path: Path) -> float:
+    try:
+        return (path / LAST_USED).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 class Fixtures:
@@ -117,8 +170,27 @@ class Fixtures:
 
     @functools.cached_property
     def _environment(self):
-        """What every key shares: the agent binary, the QEMU version and the accelerator (once per run)."""
-        return digest(agent_build.build(self.cache), qemu_version(), accelerator()[0])
+        """What every key shares: the agent binary, the QEMU version, the accelerator and provium's own
+        kernel command line (once per run)."""
+        accel = accelerator()[0]
+        return digest(agent_build.build(self.cache), qemu_version(), accel, qemu.kernel_cmdline(accel, 0))
+
+    def _anchor(self, path: Path) -> str | None:
+        """How a build input is recorded: by its place in the suite or the fixture cache; None for
+        a file in the run's scratch directory (the script made it from recorded inputs)."""
+        path = Path(os.path.realpath(path))
+        scratch = self.options.scratch
+        for base, anchor in ((scratch, None), (self.config.root, SUITE_ANCHOR), (self.root, CACHE_ANCHOR)):
+            base = base and Path(os.path.realpath(base))
+            if base and base in path.parents:
+                return anchor and anchor + str(path.relative_to(base))
+        return str(path)
+
+    def _resolve(self, anchored: str) -> Path:
+        for anchor, base in ((SUITE_ANCHOR, self.config.root), (CACHE_ANCHOR, self.root)):
+            if anchored.startswith(anchor):
+                return Path(base) / anchored[len(anchor):]
+        return Path(anchored)
 
     # ---------------------------------------------------------------- lookup
 
@@ -132,17 +204,21 @@ class Fixtures:
         known = self._entries.get(name)
         if known and known.key == key:
             return known
-        final = self.root / name / key
-        entry = self._load(name, key)
+        entry = self._find(name, key)
         if entry is None:
-            with locked(final):
-                entry = self._load(name, key) or self._build(name, key)
+            with locked(self.root / name / key):
+                entry = self._find(name, key) or self._build(name, key)
         self._entries[name] = entry
         return entry
 
-    def _load(self, name, key):
-        """The entry at NAME/KEY if it is complete and nothing it depends on changed, else None."""
-        path = self.root / name / key
+    def _find(self, name, key):
+        """The valid variant of NAME/KEY for the suite as it is now (most recently used first), or None."""
+        variants = sorted((m.parent for m in (self.root / name / key).glob(f"*/{MANIFEST}")),
+                          key=_last_used, reverse=True)
+        return next(filter(None, (self._load(name, key, path) for path in variants)), None)
+
+    def _load(self, name, key, path):
+        """The entry at `path` if it is complete and every input it recorded is unchanged, else None."""
         try:
             manifest = json.loads((path / MANIFEST).read_text())
             spec = SnapshotSpec(**{**manifest["spec"], "disks": tuple(map(tuple, manifest["spec"]["disks"])),
@@ -151,20 +227,36 @@ class Fixtures:
                 return None
             if (path / SNAPSHOT_STATE).stat().st_size == 0:
                 return None
-            if not all((path / f"disk{i}.qcow2").is_file() for i in range(len(spec.disks))):
-                return None
             boot = images.prepare(self.config.profile(spec.profile), self.cache)
-            if (str(boot.vmlinux), str(boot.initrd)) != (spec.vmlinux, spec.initrd):
+            if [str(p.relative_to(self.cache.root)) for p in (boot.vmlinux, boot.initrd)] != manifest["images"]:
                 return None
-            for file, file_digest in manifest["files"].items():
-                if not Path(file).is_file() or digest(Path(file)) != file_digest:
+            for file, file_hash in manifest["files"].items():
+                if file_digest(self._resolve(file)) != file_hash:
                     return None
-            for dep, dep_key in manifest["deps"].items():
-                if self.key(dep) != dep_key:
+            for dep, identity in manifest["deps"].items():
+                found = self._find(dep, self.key(dep))
+                if found is None or found.identity != identity:
                     return None
+            self._attach_disks(path, manifest["disks"])
         except (OSError, ValueError, KeyError, TypeError, ProviumError):
             return None  # missing, partial, corrupt or stale: a miss, never a crash
-        return Entry(name, key, path, spec)
+        spec = dataclasses.replace(spec, vmlinux=str(boot.vmlinux), initrd=str(boot.initrd))
+        return Entry(name, key, path.name, path, spec)
+
+    def _attach_disks(self, path, disks):
+        """Point each frozen disk overlay at its backing image where that is now (a moved suite or cache)."""
+        for index, disk in enumerate(disks):
+            frozen = path / f"disk{index}.qcow2"
+            if not frozen.is_file():
+                raise FixtureError(f"{frozen} is missing")
+            if disk["backing"] is None:
+                continue  # made standalone at build time
+            backing = self._resolve(disk["backing"])
+            if not backing.is_file():
+                raise FixtureError(f"{backing} is missing")
+            if _backing_file(frozen) != str(backing):
+                with locked(frozen):
+                    _rebase(frozen, backing, disk["format"])
 
     # ---------------------------------------------------------------- building
 
@@ -182,13 +274,27 @@ class Fixtures:
                 raise FixtureError(self._failed[name]) from None
             finally:
                 self._building.pop()
-            snapshot_dir = result.vm.snapshot_dir
-            spec = result.vm.snapshot()
+            vm = result.vm
+            snapshot_dir, backings = vm.snapshot_dir, vm.disk_backings
+            boot = images.prepare(vm.profile, self.cache)
+            spec = vm.snapshot()
+            disks = []
+            for index, (backing, backing_format) in enumerate(backings):
+                anchored = self._anchor(backing)
+                if anchored is None:  # a scratch image goes away with the run: keep its data in the overlay
+                    _rebase(snapshot_dir / f"disk{index}.qcow2", None, backing_format)
+                disks.append({"backing": anchored, "format": backing_format})
+            files = {anchored: file_digest(path) for path in result.files
+                     if (anchored := self._anchor(path)) is not None}
             manifest = {"name": name, "key": key, "created": time.time(), "spec": dataclasses.asdict(spec),
-                        "files": result.files, "deps": result.deps}
+                        "images": [str(p.relative_to(self.cache.root)) for p in (boot.vmlinux, boot.initrd)],
+                        "files": dict(sorted(files.items())), "deps": dict(sorted(result.deps.items())),
+                        "disks": disks}
+            variant = digest(json.dumps({k: manifest[k] for k in ("images", "files", "deps", "disks")}))
             (snapshot_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
             (snapshot_dir / LAST_USED).touch()
-            final = self.root / name / key
+            final = self.root / name / key / variant
+            final.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(final, ignore_errors=True)
             os.rename(snapshot_dir, final)
             fd = os.open(final.parent, os.O_RDONLY)
@@ -199,7 +305,7 @@ class Fixtures:
         finally:
             shutil.rmtree(build_dir, ignore_errors=True)
         self.evict(keep=final)
-        return Entry(name, key, final, spec)
+        return Entry(name, key, variant, final, spec)
 
     def _sweep(self):
         """Remove build directories of provium processes that are gone (killed mid-build)."""
@@ -270,12 +376,16 @@ class Fixtures:
     # ---------------------------------------------------------------- the cache as a whole
 
     def entries(self):
-        """Every complete entry on disk: (name, key, path, bytes, last use)."""
+        """Every complete entry on disk (older layouts too, so that eviction reaches them):
+        (name, KEY/VARIANT, path, bytes, last use)."""
         rows = []
-        for manifest in sorted(self.root.glob(f"*/*/{MANIFEST}")):
+        for manifest in sorted(self.root.rglob(MANIFEST)):
             path = manifest.parent
+            name, *identity = path.relative_to(self.root).parts
+            if name.startswith(".") or any(part.startswith(".build-") for part in identity):
+                continue
             last = path / LAST_USED
-            rows.append((path.parent.name, path.name, path, disk_usage(path),
+            rows.append((name, "/".join(identity), path, disk_usage(path),
                          last.stat().st_mtime if last.exists() else manifest.stat().st_mtime))
         return rows
 

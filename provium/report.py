@@ -255,7 +255,7 @@ class JsonEventsReport(Reporter):
     def test_finished(self, result):
         self._event(event="test_end", file=result.file, test=result.name, outcome=result.outcome,
                     duration=round(result.duration, 6), message=result.message, where=result.where,
-                    **result.details)
+                    output=result.output, **result.details)
 
     def file_finished(self, file):
         self._event(event="file_end", file=file)

@@ -27,10 +27,11 @@ def unique(text):
     return f"-- {uuid.uuid4()}\n{text}"
 
 
-def entries(name):
-    """Keys and creation times of the complete cache entries of fixture `name`."""
-    return {(m["key"], m["created"]) for m in
-            (json.loads(p.read_text()) for p in (default_root() / "fixtures" / name).glob("*/manifest.json"))}
+def entries(name, cache=None):
+    """Paths and creation times of the complete cache entries (KEY/VARIANT) of fixture `name`."""
+    base = (cache or default_root()) / "fixtures" / name
+    return {(str(p.parent.relative_to(base)), json.loads(p.read_text())["created"])
+            for p in base.glob("*/*/manifest.json")}
 
 
 BASE = """\
@@ -141,7 +142,7 @@ def test_a_corrupt_entry_is_rebuilt(suite):
     suite.write("fixtures/corrupt.lua", unique(BASE))
     suite.write("t.lua", 'test("x", function() assert_eq("by the fixture", provium.fixture("corrupt"):read_file("/tmp/prepared")) end)\n')
     assert suite.run("run", "t.lua").returncode == 0
-    entry = next((default_root() / "fixtures" / "corrupt").glob("*/state"))
+    entry = next((default_root() / "fixtures" / "corrupt").glob("*/*/state"))
     entry.write_bytes(b"garbage" * 100)
     result = suite.run("run", "t.lua")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -196,4 +197,71 @@ def test_a_build_killed_midway_leaves_nothing_trusted(suite):
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(entries("slow") - before) == 1
     assert not list(builds.glob(".build-*")), "the dead build was swept"
+    assert suite.qemu_pids() == []
+
+
+CHECKOUT_FIXTURE = """\
+local vm = provium.create("minimal")
+vm:boot{memory = "256M", files = {["/root/payload"] = "../build/payload.txt"},
+        disks = {{path = "../disk.img", format = "raw"}}}
+return vm
+"""
+CHECKOUT_TEST = """\
+test("the fixture holds this checkout's files", function()
+  local vm = provium.fixture("checkout")
+  print("payload=" .. vm:read_file("/root/payload") .. " disk=" .. vm:exec("head -c 6 /dev/vda").stdout.value)
+end)
+"""
+
+
+def checkout(path, payload, disk):
+    """A copy of one suite: the same Lua files, its own build output and disk image."""
+    (path / "fixtures").mkdir(parents=True)
+    (path / "build").mkdir()
+    (path / "provium.toml").write_text("# a checkout of one suite\n")
+    (path / "fixtures" / "checkout.lua").write_text(CHECKOUT_FIXTURE)
+    (path / "t.lua").write_text(CHECKOUT_TEST)
+    (path / "build" / "payload.txt").write_text(payload)
+    (path / "disk.img").write_bytes(disk.encode() + bytes(1024 * 1024 - len(disk)))
+    return path
+
+
+def seen(suite, path, cache):
+    """What the checkout's fixture clone holds, as its test printed it."""
+    events = suite.root / "events.json"
+    result = suite.run("run", "t.lua", "--json", str(events), cwd=path, env={"XDG_CACHE_HOME": str(cache)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    end, = (e for e in map(json.loads, events.read_text().splitlines()) if e["event"] == "test_end")
+    return end["output"].strip()
+
+
+def test_two_checkouts_with_different_files_never_share_a_snapshot(suite):
+    """Identical Lua, different build output and disk: each checkout boots its own, and both stay cached."""
+    cache = suite.root / "cache"
+    one = checkout(suite.root / "one", "first checkout", "disk-1")
+    two = checkout(suite.root / "two", "second checkout", "disk-2")
+    assert seen(suite, one, cache) == "payload=first checkout disk=disk-1"
+    assert seen(suite, two, cache) == "payload=second checkout disk=disk-2"
+    built = entries("checkout", cache / "provium")
+    assert len(built) == 2 and len({path.split("/")[0] for path, _ in built}) == 1, "one key, two variants"
+    assert seen(suite, one, cache) == "payload=first checkout disk=disk-1"
+    assert seen(suite, two, cache) == "payload=second checkout disk=disk-2"
+    assert entries("checkout", cache / "provium") == built, "alternating between the checkouts rebuilds nothing"
+    (two / "build" / "payload.txt").write_text("first checkout")
+    (two / "disk.img").write_bytes((one / "disk.img").read_bytes())
+    assert seen(suite, two, cache) == "payload=first checkout disk=disk-1"
+    assert entries("checkout", cache / "provium") == built, "the same content is the same snapshot, wherever it lives"
+
+
+def test_a_cache_moved_with_its_suite_still_hits(suite):
+    cache = suite.root / "cache"
+    original = checkout(suite.root / "original", "moved along", "disk-m")
+    assert seen(suite, original, cache) == "payload=moved along disk=disk-m"
+    built = entries("checkout", cache / "provium")
+    moved, moved_cache = suite.root / "elsewhere" / "suite", suite.root / "elsewhere" / "cache"
+    moved.parent.mkdir()
+    original.rename(moved)
+    cache.rename(moved_cache)
+    assert seen(suite, moved, moved_cache) == "payload=moved along disk=disk-m"
+    assert entries("checkout", moved_cache / "provium") == built, "no rebuild after the move"
     assert suite.qemu_pids() == []
