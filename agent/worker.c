@@ -113,15 +113,16 @@ void worker_partial(struct worker *w, const char *field, const void *p, size_t l
 /* ---- argument access ---- */
 
 /*
- * A required str argument as a NUL-terminated copy (malloc'd), or NULL after
- * replying with an error (missing, wrong type or embedded NUL).
+ * A required string argument as a NUL-terminated copy (malloc'd), or NULL after
+ * replying with an error (missing, wrong type or embedded NUL). A str or a bin
+ * is taken byte for byte: commands and paths need not be UTF-8.
  */
 char *worker_arg_cstr(struct worker *w, const struct mp_value *req, const char *op, const char *field)
 {
 	const struct mp_value *v = mp_map_get(req, field);
 	char *s;
 
-	if (!v || v->type != MP_STR) {
+	if (!v || (v->type != MP_STR && v->type != MP_BIN)) {
 		worker_error(w, 0, "%s: field '%s' must be a string", op, field);
 		return NULL;
 	}

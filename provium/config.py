@@ -35,7 +35,9 @@ _PROFILE_KEYS = {
     "memory": str,
     "cpus": int,
     "modules": list,
+    "available_modules": list,
     "qemu_args": list,
+    "allow_warnings": bool,
 }
 
 
@@ -64,9 +66,11 @@ class Profile:
     memory_mib: int
     cpus: int
     modules: tuple = ()
+    available_modules: tuple = ()
     source: str = "built-in"
     build: str | None = None
     qemu_args: tuple = ()
+    allow_warnings: bool = False  # kernel WARNING splats do not fail tests on this profile
 
 
 DEFAULT_FIXTURE_CACHE_LIMIT = "8G"
@@ -179,13 +183,14 @@ def _check_keys(name, table, config):
         if expected is None:
             allowed = ", ".join(sorted(_PROFILE_KEYS))
             raise ConfigError(f"{_where(config, name, key)}: unknown key (allowed: {allowed})")
-        if not isinstance(value, expected) or isinstance(value, bool):
-            raise ConfigError(
-                f"{_where(config, name, key)}: must be {'a list' if expected is list else 'an integer' if expected is int else 'a string'}, "
-                f"not {type(value).__name__}")
-    for module in table.get("modules", []):
-        if not isinstance(module, str) or not module:
-            raise ConfigError(f"{_where(config, name, 'modules')}: entries must be module names")
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            kind = {list: "a list", int: "an integer", bool: "true or false"}.get(expected, "a string")
+            raise ConfigError(f"{_where(config, name, key)}: must be {kind}, not {type(value).__name__}")
+    for key in ("modules", "available_modules"):
+        if not all(isinstance(module, str) and module for module in table.get(key, [])):
+            raise ConfigError(f"{_where(config, name, key)}: entries must be module names")
+    if "*" in table.get("modules", []):
+        raise ConfigError(f"{_where(config, name, 'modules')}: \"*\" (the whole tree) is for available_modules")
     if not all(isinstance(arg, str) for arg in table.get("qemu_args", [])):
         raise ConfigError(f"{_where(config, name, 'qemu_args')}: entries must be strings")
 
@@ -249,7 +254,9 @@ def _build_profile(name, table, config):
         name=name, kernel=kernel, initrd=initrd, modules_dir=modules_dir,
         cmdline=table.get("cmdline", ""), memory_mib=memory, cpus=cpus,
         modules=tuple(table.get("modules", ())),
+        available_modules=tuple(table.get("available_modules", ())),
         source=str(config.path) if name in config.raw_profiles else "built-in",
         build=table.get("build"),
         qemu_args=tuple(table.get("qemu_args", ())),
+        allow_warnings=table.get("allow_warnings", False),
     )

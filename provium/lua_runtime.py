@@ -17,10 +17,9 @@ from pathlib import Path
 import lupa.lua54 as lua
 
 from . import deadline
-from .cache import digest
 from .errors import DeadlineError, ProviumError
 from .fixtures import BuildResult
-from .vm import Disk, GuestCrash, Pointer, Timeouts, Vm
+from .vm import Disk, GuestCrash, Pointer, Timeouts, Vm, format_console_tail
 
 PRELUDE_NAME = b"provium"
 PRELUDE = resources.files("provium").joinpath("lua/prelude.lua").read_text()
@@ -151,6 +150,7 @@ class LuaFile:
         bridge[b"expired"] = self._op_expired
         bridge[b"now"] = time.monotonic
         bridge[b"sleep"] = time.sleep
+        bridge[b"max_memory"] = LUA_MAX_MEMORY
         boot_prelude = self.runtime.eval(
             "function(src, name, bridge) return assert(load(src, name, 't'))(bridge) end")
         self._run_source = boot_prelude(PRELUDE.encode(), b"=" + PRELUDE_NAME, bridge)
@@ -217,7 +217,8 @@ class LuaFile:
             if failure is not None:
                 failure = {_text(k): _text(v) for k, v in failure.items()}
                 where = failure.get("where")
-                raise ProviumError(f"{where}: {failure.get('message')}" if where else failure.get("message"))
+                message = f"{where}: {failure.get('message')}" if where else failure.get("message")
+                raise ProviumError("\n".join([message, *map(kernel_log_tail, self._vms.values())]).rstrip())
             if handle is None:
                 running = [h for h, vm in self._vms.items() if vm.state == "running"]
                 if len(running) != 1:
@@ -227,7 +228,7 @@ class LuaFile:
             vm = self._vms.pop(handle)
             if vm.state != "running":
                 raise ProviumError(f"{self.display_name} returned a VM that is not running ({vm.state})")
-            return BuildResult(vm, {str(p): digest(p) for p in self.required_files}, dict(self.fixture_deps))
+            return BuildResult(vm, tuple(self.required_files), dict(self.fixture_deps))
         finally:
             self._stop_vms(self._vms)
 
@@ -260,7 +261,14 @@ class LuaFile:
         self._vms[handle] = vm
         if self._test is not None:
             self._test["vms"].append(handle)
+        self._allow_warnings([vm])
         return handle
+
+    def _allow_warnings(self, vms):
+        """Kernel warnings are allowed on a VM whose profile allows them, and during a test that does."""
+        allowed = self._test is not None and self._test["allow_warnings"]
+        for vm in vms:
+            vm.allow_warnings = allowed or vm.profile.allow_warnings
 
     def _op_create(self, profile):
         handle = self._new_handle()
@@ -272,7 +280,7 @@ class LuaFile:
         handle = self._new_handle()
         vm = self.fixtures.clone(name, snapshot_dir=self._snapshot_dir(handle))
         if self.snapshot_root:
-            self.fixture_deps[name] = self.fixtures.key(name)
+            self.fixture_deps[name] = self.fixtures.entry(name).identity
         return self._add_vm(handle, vm)
 
     def _op_require_source(self, name):
@@ -312,7 +320,10 @@ class LuaFile:
         return path
 
     def _op_host_path(self, value, write):
-        return str(self._host_path(value, bool(write), "io: path")).encode()
+        path = self._host_path(value, bool(write), "io: path")
+        if self.snapshot_root and not write and path.is_file():  # a fixture is built from what it reads
+            self.required_files[path] = True
+        return str(path).encode()
 
     def _op_path(self, name):
         name = _text(name)
@@ -338,8 +349,8 @@ class LuaFile:
         self._vm(handle).boot(memory=_text(memory), cpus=cpus, files=files, disks=checked)
 
     def _op_vm_json(self, handle, cmd):
+        result = self._vm(handle).exec(bytes(cmd))
         cmd = _text(cmd)
-        result = self._vm(handle).exec(cmd)
         out = result.stdout.decode("utf-8", "replace")
         if not result.ok:
             raise ProviumError(f"vm:json: {cmd!r} failed (exit {result.exit_code}): "
@@ -352,14 +363,14 @@ class LuaFile:
         return self.runtime.table_from({b"v": _to_lua(value)}, recursive=True)[b"v"]
 
     def _op_vm_exec(self, handle, cmd):
-        result = self._vm(handle).exec(_text(cmd))
+        result = self._vm(handle).exec(bytes(cmd))
         return result.exit_code, result.stdout, result.stderr
 
     def _op_vm_read_file(self, handle, path):
-        return self._vm(handle).read_file(_text(path))
+        return self._vm(handle).read_file(bytes(path))
 
     def _op_vm_write_file(self, handle, path, data):
-        self._vm(handle).write_file(_text(path), bytes(data))
+        self._vm(handle).write_file(bytes(path), bytes(data))
 
     def _op_vm_syscall(self, handle, nr, args, bufs, ptrs):
         pointers = [Pointer(p[b"buf"], p[b"offset"], p[b"length"], bytes(p[b"data"]))
@@ -369,7 +380,7 @@ class LuaFile:
         return (ret, *buffers, *targets)
 
     def _op_vm_background(self, handle, cmd):
-        return self._vm(handle).background(_text(cmd))
+        return self._vm(handle).background(bytes(cmd))
 
     @staticmethod
     def _job(result):
@@ -406,7 +417,7 @@ class LuaFile:
             return self._timeout_message().encode()
         return None
 
-    def _op_begin_test(self, name, where, timeout):
+    def _op_begin_test(self, name, where, timeout, allow_warnings=False):
         name = _text(name)
         keyword = self.options.keyword
         if keyword and keyword not in name and keyword not in self.display_name:
@@ -418,7 +429,9 @@ class LuaFile:
             return False
         timeout = self.options.test_timeout if timeout is None else timeout * self.options.slowdown
         started = time.monotonic()
-        self._test = {"name": name, "where": _text(where), "started": started, "vms": [], "timeout": timeout}
+        self._test = {"name": name, "where": _text(where), "started": started, "vms": [], "timeout": timeout,
+                      "allow_warnings": bool(allow_warnings)}
+        self._allow_warnings(self._vms.values())
         self._test_deadline = started + timeout
         self._test_scope = deadline.until(self._test_deadline)
         self._test_scope.__enter__()
@@ -439,6 +452,7 @@ class LuaFile:
             except GuestCrash as exc:  # a crash the test's own ops did not run into
                 if data.get("outcome") in ("passed", "skipped"):
                     data = {"outcome": "error", "message": str(exc)}
+        self._allow_warnings(self._vms.values())  # the test's allowance ends with it
         failed = data.get("outcome") in ("failed", "error")
         if failed and "--- console" not in (data.get("message") or ""):
             tails = {self._vms[h].name: self._vms[h].console_tail() for h in test["vms"] if h in self._vms}
@@ -480,6 +494,21 @@ class LuaFile:
     def _stop_vms(vms):
         for vm in vms.values():
             vm.shutdown()
+
+
+KERNEL_LOG_TAIL_LINES = 20
+
+
+def kernel_log_tail(vm):
+    """The last lines of a running guest's kernel log, titled (its console tail when the agent cannot
+    answer): why an insmod or a mount in a fixture script failed is usually there."""
+    if vm.state != "running":
+        return ""
+    try:
+        log = vm.exec(f"dmesg | tail -n {KERNEL_LOG_TAIL_LINES}").stdout.decode("utf-8", "replace")
+    except ProviumError:
+        return format_console_tail(vm.console_text(), lines=KERNEL_LOG_TAIL_LINES)
+    return f"--- kernel log of VM {vm.name!r} (last {KERNEL_LOG_TAIL_LINES} lines) ---\n{log.rstrip()}"
 
 
 def build_fixture(fixtures, name, path, build_dir):

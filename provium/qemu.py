@@ -15,6 +15,7 @@ at interpreter exit.
 import atexit
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -43,6 +44,9 @@ FAST_CMDLINE = (
     "vga_arb_device_init,ged_driver_init,blake2s_mod_init,acpi_thermal_init,cxl_core_init,"
     "bpf_tcp_ca_kfunc_init"
 )
+
+# After `quiet`: the console shows warnings too (a `WARNING:` splat fails a test), not notices or info.
+CONSOLE_LOGLEVEL = "loglevel=5"
 
 # A guest that powers off closes QMP under qemu.qmp's reader, which logs that as an error; it is expected.
 logging.getLogger("qemu.qmp").addHandler(logging.NullHandler())
@@ -90,7 +94,7 @@ def choose_accel():
 
 
 def kernel_cmdline(accel, tsc_khz, extra=""):
-    words = ["console=ttyS0", "panic=-1", FAST_CMDLINE]
+    words = ["console=ttyS0", "panic=-1", FAST_CMDLINE, CONSOLE_LOGLEVEL]
     if accel == "tcg":
         # microvm under TCG hangs in most boots without these: the guest TSC is the host's.
         words.append(f"tsc_early_khz={tsc_khz} tsc=reliable")
@@ -144,6 +148,7 @@ class QemuMachine:
         self.process = None
         self.qmp = None
         self._console_thread = None
+        self._console_log = None
         self._final_console = None
 
     def launch(self, timeout):
@@ -184,10 +189,11 @@ class QemuMachine:
             self.qmp.settimeout(30.0)
             console.settimeout(max(0.1, deadline - time.monotonic()))
             try:
-                log = ConsoleLog(console.accept()[0], self.console_path)
+                self._console_log = ConsoleLog(console.accept()[0], self.console_path)
             except socket.timeout:
                 raise QemuError("QEMU did not connect to the console socket") from None
-            self._console_thread = threading.Thread(target=log.run, name=f"console-{self.name}", daemon=True)
+            self._console_thread = threading.Thread(target=self._console_log.run, name=f"console-{self.name}",
+                                                    daemon=True)
             self._console_thread.start()
             agent.setblocking(True)
             return agent
@@ -270,12 +276,16 @@ class QemuMachine:
         except OSError:
             return ""
 
+    def sync_console(self):
+        """Bring the console log up to date with what QEMU has written."""
+        if self._console_log is not None:
+            self._console_log.sync()
+
     def console_text(self):
         """What the guest printed on its console so far (all of it, once QEMU is gone)."""
         if self._final_console is not None:
             return self._final_console
-        if self.returncode is not None and self._console_thread is not None:
-            self._console_thread.join(1.0)  # the last bytes QEMU wrote before exiting
+        self.sync_console()
         try:
             return self.console_path.read_text(errors="replace")
         except OSError:
@@ -315,28 +325,46 @@ class ConsoleLog:
     A guest that floods its console must not fill the host's disk: past
     CONSOLE_LOG_MAX bytes the log keeps its first CONSOLE_LOG_HEAD bytes (the
     boot) and the newest output, with a line saying how much was dropped.
+    sync() copies what QEMU has written so far, so that a scan right after a
+    reply sees everything the guest printed before it.
     """
 
     def __init__(self, sock, path):
         self.sock = sock
         self.path = path
+        self._out = open(path, "ab")
+        self._lock = threading.Lock()
+        self._open = True
 
     def run(self):
-        dropped = 0
-        out = open(self.path, "ab")
         try:
-            while data := self.sock.recv(1 << 16):
-                out.write(data)
-                out.flush()
-                if out.tell() > CONSOLE_LOG_MAX:
-                    out.close()
-                    dropped += self._trim()
-                    out = open(self.path, "ab")
-        except OSError:
-            pass  # QEMU went away
+            while self._open:
+                select.select([self.sock], [], [])
+                self.sync()
         finally:
-            out.close()
-            self.sock.close()
+            with self._lock:
+                self._out.close()
+                self.sock.close()
+
+    def sync(self):
+        """Copy everything the console socket holds now into the log (nothing once QEMU closed it)."""
+        with self._lock:
+            while self._open:
+                try:
+                    data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    data = b""
+                if not data:
+                    self._open = False  # QEMU went away
+                    return
+                self._out.write(data)
+                self._out.flush()
+                if self._out.tell() > CONSOLE_LOG_MAX:
+                    self._out.close()
+                    self._trim()
+                    self._out = open(self.path, "ab")
 
     def _trim(self):
         data = self.path.read_bytes()
@@ -346,7 +374,6 @@ class ConsoleLog:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_bytes(head + f"\n[provium: {dropped} bytes of console output dropped]\n".encode() + tail)
         os.replace(tmp, self.path)
-        return dropped
 
 
 _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; the longest name here is "console"

@@ -25,7 +25,8 @@ CONSOLE_TAIL_LINES = 25
 
 # What on the guest console means the kernel is in trouble, and how to name it.
 _CRASH = re.compile(r"Kernel panic - not syncing:.*|BUG: KASAN: .*|kernel BUG at .*|BUG: .*|Oops: .*"
-                    r"|general protection fault.*|UBSAN: .*")
+                    r"|general protection fault.*|UBSAN: .*|WARNING: CPU: \d+ PID: \d+ at .*")
+KERNEL_WARNING = "kernel warning"
 
 
 def crash_name(line):
@@ -37,6 +38,8 @@ def crash_name(line):
         return "kernel BUG"
     if line.startswith("UBSAN"):
         return "UBSAN report"
+    if line.startswith("WARNING"):
+        return KERNEL_WARNING
     return "kernel oops"
 
 
@@ -54,7 +57,7 @@ class Timeouts:
 
 
 class GuestCrash(AgentError):
-    """The guest kernel reported a panic, oops, BUG or sanitizer error on its console."""
+    """The guest kernel reported a panic, oops, BUG, warning or sanitizer error on its console."""
 
 
 SNAPSHOT_RAM = "ram"
@@ -203,8 +206,8 @@ class GuestOps:
             ptrs=[[p.buf, p.offset, p.length, p.data] for p in ptrs])
         return reply["ret"], reply["bufs"], reply["ptrs"]
 
-    def background(self, cmd):
-        """Start `sh -c cmd` in the background: (job id, pid)."""
+    def background(self, cmd: str | bytes) -> tuple[int, int]:
+        """Start `sh -c cmd` in the background: (job id, pid). Bytes reach the guest unchanged."""
         reply = self._request("background", cmd=cmd)
         return reply["job"], reply["pid"]
 
@@ -223,15 +226,15 @@ class GuestOps:
         return JobResult(reply["running"], reply.get("exit_code"), reply.get("stdout", b""),
                          reply.get("stderr", b""), reply.get("truncated", False))
 
-    def exec(self, cmd):
-        """Run `sh -c cmd`; an ExecResult with binary stdout and stderr."""
+    def exec(self, cmd: str | bytes) -> "ExecResult":
+        """Run `sh -c cmd`; an ExecResult with binary stdout and stderr. Bytes reach the guest unchanged."""
         reply = self._request("exec", cmd=cmd)
         return ExecResult(reply["exit_code"], reply.get("stdout", b""), reply.get("stderr", b""))
 
-    def read_file(self, path):
+    def read_file(self, path: str | bytes) -> bytes:
         return self._request("read_file", path=path).get("data", b"")
 
-    def write_file(self, path, data, mode=0o644):
+    def write_file(self, path: str | bytes, data: bytes, mode: int = 0o644) -> None:
         chunks = [data[i:i + protocol.CHUNK] for i in range(0, len(data), protocol.CHUNK)] or [b""]
         for index, chunk in enumerate(chunks):
             self._request("write_file", path=path, data=chunk, append=index > 0, mode=mode)
@@ -245,11 +248,13 @@ class Vm(GuestOps):
         self.cache = cache
         self.timeouts = timeouts
         self.crash = None
+        self.allow_warnings = False  # kernel warnings on the console fail the op or test that sees them
         self._console_seen = 0
         self._reserved = 0
         self.name = name or profile.name
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
         self.spec = None
+        self.disk_backings = ()  # (image, format) under each disk's overlay, when started for a snapshot
         self.state = "created"
         self.machine = None
         self.client = None
@@ -284,6 +289,7 @@ class Vm(GuestOps):
         if self.snapshot_dir is not None:
             self.snapshot_dir.mkdir(parents=True, exist_ok=True)
             ram_file = self.snapshot_dir / SNAPSHOT_RAM
+            self.disk_backings = tuple((d.path, d.format) for d in disks)
             disks = [Disk(_overlay(self.snapshot_dir / f"disk{i}.qcow2", d.path, d.format), "qcow2", d.readonly)
                      for i, d in enumerate(disks)]
         self.spec = SnapshotSpec(
@@ -331,18 +337,22 @@ class Vm(GuestOps):
         if self.state != "running":
             raise VmStateError(f"VM {self.name!r} is not running ({self.state}): cannot {op}")
         try:
-            return self.client.request(channel, op, deadline.clamp(self.timeouts.op if timeout is None else timeout),
-                                       **fields)
+            reply = self.client.request(channel, op, deadline.clamp(self.timeouts.op if timeout is None else timeout),
+                                        **fields)
         except ConnectionLost:
             raise AgentError(f"{op}: VM {self.name!r} died: {self._explain()}") from None
         except ProtocolError as exc:
             self.kill()  # a guest that talks garbage is not trusted with another request
             raise AgentError(f"{op}: VM {self.name!r} stopped: {exc}") from None
+        self.check_console()  # what the kernel printed while the op ran fails the op, at the caller's line
+        return reply
 
     def check_console(self):
-        """Raise GuestCrash when the console shows a kernel crash not reported yet."""
+        """Raise GuestCrash for a kernel crash, or a warning not allowed, that the console shows and
+        that was not reported yet. A crash is reported by every later op too; a warning once."""
         if self.crash or self.machine is None:
             return
+        self.machine.sync_console()
         try:
             size = self.machine.console_path.stat().st_size
         except OSError:
@@ -352,13 +362,17 @@ class Vm(GuestOps):
         if size == self._console_seen:
             return
         console = self.machine.console_text()
-        found = _CRASH.search(console, self._console_seen)
-        self._console_seen = console.rfind("\n") + 1  # an unfinished line is read again next time
-        if found:
+        end = console.rfind("\n") + 1  # whole lines only: an unfinished one is read again next time
+        start, self._console_seen = self._console_seen, end
+        for found in _CRASH.finditer(console, start, end):
             line = found.group(0).strip()
-            self.crash = (f"VM {self.name!r}: {crash_name(line)}: {line}\n"
-                          f"{format_console_tail(console, found.start())}")
-            raise GuestCrash(self.crash)
+            kind = crash_name(line)
+            if kind == KERNEL_WARNING and self.allow_warnings:
+                continue
+            report = f"VM {self.name!r}: {kind}: {line}\n{format_console_tail(console, found.start())}"
+            if kind != KERNEL_WARNING:
+                self.crash = report
+            raise GuestCrash(report)
 
     def _explain(self):
         """Why the guest stopped answering, with the console tail; kills it."""
@@ -368,7 +382,7 @@ class Vm(GuestOps):
         code = machine.returncode
         console = machine.console_text()
         self.kill()
-        panic = _CRASH.search(console)
+        panic = next((m for m in _CRASH.finditer(console) if crash_name(m.group(0)) != KERNEL_WARNING), None)
         if panic:
             head = f"{crash_name(panic.group(0).strip())}: {panic.group(0).strip()}"
         elif code is None:
@@ -395,8 +409,11 @@ class Vm(GuestOps):
             vm.snapshot_dir.mkdir(parents=True, exist_ok=True)
             ram_file, shared = vm.snapshot_dir / SNAPSHOT_RAM, True
             subprocess.run(["cp", "--sparse=always", str(Path(entry) / SNAPSHOT_RAM), str(ram_file)], check=True)
-        disks = [Disk(_overlay(disk_dir / f"disk{i}.qcow2", Path(entry) / f"disk{i}.qcow2", "qcow2"), "qcow2", readonly)
-                 for i, (_, readonly) in enumerate(spec.disks)]
+        frozen = [Path(entry) / f"disk{i}.qcow2" for i in range(len(spec.disks))]
+        if vm.snapshot_dir is not None:
+            vm.disk_backings = tuple((path, "qcow2") for path in frozen)
+        disks = [Disk(_overlay(disk_dir / f"disk{i}.qcow2", path, "qcow2"), "qcow2", readonly)
+                 for i, (path, (_, readonly)) in enumerate(zip(frozen, spec.disks))]
         # a clone shares the snapshot's pages until it writes: reserve a quarter of its RAM
         vm._reserved = resources.host_memory.reserve(spec.memory_mib // 4, f"VM {vm.name!r}")
         vm.machine = qemu.QemuMachine(

@@ -33,3 +33,64 @@ def test_a_module_that_does_not_compile_stops_the_run_with_the_compiler_output(s
     assert re.search(r"provium_kv\.c:\d+:\d+: error", result.stderr), result.stderr
     assert "passed" not in result.stdout, "no test ran"
     assert suite.qemu_pids() == []
+
+
+def clean_copy(suite, name):
+    """The example as a fresh clone has it: no build outputs."""
+    copy = suite.root / name
+    shutil.copytree(EXAMPLES / name, copy, ignore=shutil.ignore_patterns("*.ko", "*.o", "*.mod*", ".*.cmd",
+                                                                           "Module.symvers", "modules.order"))
+    return copy
+
+
+def test_fixtures_build_on_a_clean_checkout_runs_the_profile_build_first(suite):
+    """Warming the fixture cache as a CI step of its own: the module must be built for it."""
+    copy = clean_copy(suite, "kmod")
+    cache = {"XDG_CACHE_HOME": str(suite.root / "cache")}
+    built = suite.run("fixtures", "build", cwd=copy, env=cache, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "building profile 'kmod': make -s -C module" in built.stdout
+    assert re.search(r"^kmod: [0-9a-f]{32}/[0-9a-f]{32} \(\d+\.\d+ s\)$", built.stdout, re.M), built.stdout
+    run = suite.run("run", "tests/", "-k", "SET then", cwd=copy, env=cache, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    listed = suite.run("fixtures", "list", cwd=copy, env=cache)
+    assert len([line for line in listed.stdout.splitlines() if line.startswith("kmod ")]) == 1, "no rebuild"
+    assert suite.qemu_pids() == []
+
+
+def test_a_kernel_warning_fails_the_test_that_provoked_it(suite):
+    copy = clean_copy(suite, "kmod")
+    (copy / "tests" / "warn.lua").write_text("""\
+local pkv = require("lib.pkv")
+local function debug_fd(vm)
+  assert(vm:exec("rmmod provium_kv && insmod /root/provium_kv.ko debug_ioctls=1").ok)
+  vm:wait_until(function() return vm:exec("test -c /dev/provium_kv").ok end, {timeout = 5, interval = 0.05})
+  return pkv.open(vm)
+end
+local shared = provium.fixture("kmod")
+local fd = debug_fd(shared)
+test("warns", function()
+  shared:ioctl(fd, pkv.DEBUG_WARN, 1)
+  shared:exec("true")
+end)
+test("the same VM serves the next test", function()
+  assert_eq(0, shared:ioctl(fd, pkv.DEBUG_WARN, 0))
+end)
+test("allowed here", {allow_warnings = true}, function()
+  assert_eq(0, shared:ioctl(fd, pkv.DEBUG_WARN, 1))
+end)
+test("not allowed again", function()
+  shared:ioctl(fd, pkv.DEBUG_WARN, 1)
+end)
+""")
+    result = suite.run("run", "tests/warn.lua", cwd=copy, timeout=600)
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    assert out.splitlines()[-1] == "2 passed, 2 failed, 0 skipped", out
+    assert re.search(r"ERROR warns \(\d+\.\d+ s\)\n *tests/warn\.lua:10: .*kernel warning: WARNING: CPU: \d+ PID: \d+ "
+                     r"at \S*provium_kv\.c:\d+ pkv_ioctl", out), out
+    assert "--- console around the failure ---" in out
+    assert re.search(r"ok +the same VM serves the next test", out)
+    assert re.search(r"ok +allowed here", out)
+    assert re.search(r"ERROR not allowed again", out)
+    assert suite.qemu_pids() == []

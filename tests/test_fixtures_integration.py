@@ -1,6 +1,7 @@
 """Fixtures: built once, snapshotted, resumed as independent clones; rebuilt when inputs change."""
 
 import json
+import re
 import shutil
 import signal
 import time
@@ -265,3 +266,31 @@ def test_a_cache_moved_with_its_suite_still_hits(suite):
     assert seen(suite, moved, moved_cache) == "payload=moved along disk=disk-m"
     assert entries("checkout", moved_cache / "provium") == built, "no rebuild after the move"
     assert suite.qemu_pids() == []
+
+
+def module_with_a_dependency():
+    """A module of the guest's kernel that needs another module (not loaded at boot): (path, its name)."""
+    _, modules = newest_host_kernel()
+    for line in (modules / "modules.dep").read_text().splitlines():
+        module, _, deps = line.partition(":")
+        if len(deps.split()) == 1 and "virtio" not in deps and module.endswith(".ko"):
+            return modules / module, module.rsplit("/", 1)[1]
+    pytest.skip("the guest kernel has no uncompressed module with exactly one dependency")
+
+
+def test_a_fixture_that_fails_to_build_says_why_from_the_kernel_log(suite):
+    path, name = module_with_a_dependency()
+    shutil.copy(path, suite.root / name)
+    suite.write("fixtures/needs_dep.lua", unique(f"""\
+        local vm = provium.create("minimal")
+        vm:boot{{memory = "256M", files = {{["/root/{name}"] = "../{name}"}}}}
+        local loaded = vm:exec("insmod /root/{name}")
+        assert(loaded.ok, "insmod failed: " .. loaded.stderr.value)
+        return vm
+        """))
+    suite.write("t.lua", 'test("x", function() provium.fixture("needs_dep") end)\n')
+    result = suite.run("run", "t.lua")
+    assert result.returncode == 1
+    assert "fixture 'needs_dep' failed to build: fixtures/needs_dep.lua:5: insmod failed" in result.stdout
+    assert "--- kernel log of VM 'minimal' (last 20 lines) ---" in result.stdout
+    assert re.search(rf"{name.split('.')[0].replace('-', '_')}: Unknown symbol \w+", result.stdout), result.stdout

@@ -67,3 +67,18 @@ test("provium.pack and unpack round-trip every type little-endian", function()
     assert_contains(err, case[2])
   end
 end)
+
+test("commands, paths and patterns are bytes: 0xFF reaches the guest unchanged", function()
+  local high = "\xff\xfe\x80"
+  assert_eq(" ff fe 80\n", vm:exec("printf '%s' '" .. high .. "' | od -An -tx1").stdout.value)
+  local path = "/tmp/name-" .. high
+  vm:write_file(path, "bytes in the name")
+  assert_eq("bytes in the name", vm:read_file(path))
+  assert_eq("bytes in the name", vm:exec("cat '" .. path .. "'").stdout.value, "the name holds the very bytes")
+  assert_contains(vm:exec("find /tmp -name 'name-*' | od -An -tx1").stdout.value, "ff fe 80")
+  local job = vm:background("printf '%s' '" .. high .. "'")
+  assert_eq(high, vm:job_wait(job).stdout.value)
+  assert_eq({"json"}, vm:json("echo '[\"json\"]' # " .. high))
+  vm:exec("echo 'marker-" .. high .. "' > /dev/kmsg")
+  assert_contains(vm:dmesg("marker-" .. high), "marker-" .. high)
+end)

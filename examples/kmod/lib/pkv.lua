@@ -11,11 +11,12 @@ M.SET = ioc(IOC_WRITE, "k", 1, 16)                  -- _IOW: struct pkv_entry
 M.COUNT = ioc(IOC_READ, "k", 2, 8)                  -- _IOR: __u64
 M.XCHG = ioc(IOC_READ | IOC_WRITE, "k", 3, 16)      -- _IOWR: struct pkv_entry
 M.BLOB = ioc(IOC_READ | IOC_WRITE, "k", 4, 16)      -- _IOWR: struct pkv_blob_req (user pointer)
+M.DEBUG_WARN = ioc(0, "k", 16, 0)                   -- _IO: WARN_ON(arg), with debug_ioctls=1 only
 M.KEYS, M.BLOB_MAX = 16, 256
 M.DEVICE = "/dev/provium_kv"
 
 M.SYS = {read = 0, write = 1, close = 3, lseek = 8, openat = 257}
-M.EFAULT, M.EINVAL, M.ENOTTY = 14, 22, 25
+M.EPERM, M.EFAULT, M.EINVAL, M.ENOTTY = 1, 14, 22, 25
 
 function M.entry(key, value) return provium.pack("u32 u32 u64", key, 0, value) end
 function M.unpack_entry(data) local key, _, value = provium.unpack("u32 u32 u64", data) return key, value end

@@ -12,6 +12,10 @@
 
 #include "provium_kv.h"
 
+static bool debug_ioctls;
+module_param(debug_ioctls, bool, 0444);
+MODULE_PARM_DESC(debug_ioctls, "answer the deliberately broken PKV_DEBUG_* ioctls (for harness tests)");
+
 static DEFINE_MUTEX(pkv_lock);
 static u64 pkv_values[PKV_KEYS];
 static unsigned long pkv_present; /* bit per key */
@@ -65,6 +69,11 @@ static long pkv_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		}
 		mutex_unlock(&pkv_lock);
 		return ret;
+	case PKV_DEBUG_WARN:
+		if (!debug_ioctls)
+			return -EPERM;
+		WARN_ON(arg);
+		return 0;
 	default:
 		return -ENOTTY;
 	}

@@ -25,4 +25,10 @@ struct pkv_blob_req {      /* 16 bytes: a user-space pointer to a buffer */
 #define PKV_XCHG  _IOWR('k', 3, struct pkv_entry)    /* swap: the old value comes back */
 #define PKV_BLOB  _IOWR('k', 4, struct pkv_blob_req) /* copy the stored blob to buf */
 
+/*
+ * Deliberately broken ioctls, for testing the harness's kernel-finding watch.
+ * They answer -EPERM unless the module is loaded with debug_ioctls=1.
+ */
+#define PKV_DEBUG_WARN _IO('k', 16)                  /* WARN_ON(arg): a kernel warning when arg != 0 */
+
 #endif

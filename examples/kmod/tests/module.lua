@@ -42,3 +42,25 @@ test("unload and reload", function()
   assert_eq(0, provium.unpack("u64", select(2, vm:ioctl(fd, pkv.COUNT, provium.pack("u64", 9)))),
     "a reloaded module starts empty")
 end)
+
+-- Reloads the module with its deliberately broken debug ioctls answered; returns an open fd.
+local function with_debug_ioctls(vm)
+  local reloaded = vm:exec("rmmod provium_kv && insmod /root/provium_kv.ko debug_ioctls=1")
+  assert(reloaded.ok, reloaded.stderr.value)
+  vm:wait_until(function() return vm:exec("test -c /dev/provium_kv").ok end, {timeout = 5, interval = 0.05})
+  return pkv.open(vm)
+end
+
+test("debug ioctls are refused unless the module is loaded with debug_ioctls=1", function()
+  local vm = provium.fixture("kmod")
+  assert_eq(-pkv.EPERM, vm:ioctl(pkv.open(vm), pkv.DEBUG_WARN, 1))
+end)
+
+test("a kernel warning this test provokes on purpose", {allow_warnings = true}, function()
+  local vm = provium.fixture("kmod")
+  local fd = with_debug_ioctls(vm)
+  assert_eq(0, vm:ioctl(fd, pkv.DEBUG_WARN, 0))
+  assert_eq("", vm:dmesg("WARNING:"), "WARN_ON(0) is silent")
+  assert_eq(0, vm:ioctl(fd, pkv.DEBUG_WARN, 1))
+  assert_contains(vm:dmesg("WARNING:"), "pkv_ioctl")
+end)
