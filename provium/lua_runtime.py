@@ -411,7 +411,10 @@ class LuaFile:
         self._vm(handle).kill()
 
     def _op_expired(self):
-        """The deadline message when the current deadline has passed (for the Lua hook), else nil."""
+        """Why Lua code must stop now (for the Lua hook): the deadline passed or the run was
+        interrupted; else nil."""
+        if self.interrupted():
+            return b"the run was interrupted"
         if deadline.expired():
             self._op = None
             return self._timeout_message().encode()

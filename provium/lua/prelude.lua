@@ -7,8 +7,11 @@
 local bridge = ...
 
 -- The harness's own references, taken before anything is hidden.
-local getmt, sethook, traceback, getinfo = debug.getmetatable, debug.sethook, debug.traceback, debug.getinfo
+local getmt, sethook, gethook, traceback, getinfo =
+  debug.getmetatable, debug.sethook, debug.gethook, debug.traceback, debug.getinfo
+local HARNESS = getinfo(1, "S").source -- this chunk: the hooks never stop the harness's own code
 local raw_load, raw_rawset, raw_open, raw_lines = load, rawset, io.open, io.lines
+local co_create, co_resume = coroutine.create, coroutine.resume
 local HOOK_EVERY = 1000000
 getmt("").__metatable = false -- the string library is reachable only read-only
 
@@ -334,16 +337,20 @@ function VM:syscall_ptr(nr, bufs, ptrs, ...)
     pointer_specs("vm:syscall_ptr", ptrs))
 end
 
-function VM:ioctl(fd, cmd, data)
+-- arg: a string (the argument points at a copy of it), an integer (passed as the value), or nil (0).
+function VM:ioctl(fd, cmd, arg)
   is_vm(self, "vm:ioctl")
   fd = integer("vm:ioctl", "fd", fd)
   cmd = integer("vm:ioctl", "cmd", cmd)
-  data = plain(data)
-  check("vm:ioctl", 3, "data", data, "string", true)
-  if data == nil then
-    return (do_syscall(self, SYS_IOCTL, {fd, cmd, 0}, {})), nil
+  arg = plain(arg)
+  if type(arg) == "string" then
+    return do_syscall(self, SYS_IOCTL, {fd, cmd, 0}, {[2] = arg})
   end
-  return do_syscall(self, SYS_IOCTL, {fd, cmd, 0}, {[2] = data})
+  local value = arg == nil and 0 or math.tointeger(arg)
+  if value == nil then
+    error("vm:ioctl: argument 3 (arg) must be a string or an integer, got " .. (math.type(arg) or type(arg)), 2)
+  end
+  return (do_syscall(self, SYS_IOCTL, {fd, cmd, value}, {})), nil
 end
 
 function VM:ioctl_buf(fd, cmd, struct, specs)
@@ -521,29 +528,129 @@ function provium.unpack(fmt, data)
   return table.unpack(values, 1, values.n - 1)
 end
 
----------------------------------------------------------------- assertions
+---------------------------------------------------------------- rendering test values
 
-local function show(v, depth)
-  v = plain(v)
-  depth = depth or 0
-  if type(v) == "string" then return string.format("%q", v) end
-  if type(v) ~= "table" or depth > 2 then return tostring(v) end
-  local keys = {}
-  for k in pairs(v) do keys[#keys + 1] = k end
-  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
-  local parts = {}
-  for _, k in ipairs(keys) do
-    parts[#parts + 1] = "[" .. show(k, depth + 1) .. "] = " .. show(v[k], depth + 1)
+-- A test value's __tostring runs when a report shows the value, under an instruction
+-- budget shared by the whole rendering: one that never returns cannot hold the test.
+-- Test code runs under deadline_hook, a rendering under over_budget; a coroutine moving
+-- between the two (made in one, resumed in the other) switches hooks.
+local BUDGET, BUDGET_STEP = 1000000, 1000
+local budget, rendering = 0, false
+local over_budget
+
+-- Set once the deadline has passed: from then on the hook runs at every instruction and
+-- fails each one of test code (never the harness's own), so a pcall in a loop cannot
+-- swallow the deadline.
+local expired_message = nil
+
+-- Runs every million Lua instructions inside a test: ends Lua code that outlives the deadline.
+local function deadline_hook()
+  if rendering then
+    sethook(over_budget, "", BUDGET_STEP)
+    return over_budget()
   end
+  if not expired_message then
+    if select(3, gethook()) == 1 then -- a coroutine left over from an expired test
+      sethook(deadline_hook, "", HOOK_EVERY)
+    end
+    expired_message = bridge.expired()
+    if not expired_message then return end
+    sethook(deadline_hook, "", 1)
+  end
+  if getinfo(2, "S").source ~= HARNESS then error(expired_message, 2) end
+end
+
+-- After a test or the file's top level: the next one starts with the ordinary hook.
+local function reset_deadline_hook()
+  sethook(deadline_hook, "", HOOK_EVERY)
+  expired_message = nil
+end
+
+function over_budget()
+  if not rendering then
+    sethook(deadline_hook, "", HOOK_EVERY)
+    return deadline_hook()
+  end
+  budget = budget - BUDGET_STEP
+  if budget <= 0 then
+    sethook(over_budget, "", 1) -- every further instruction fails too, also under a pcall
+    error("instruction budget exhausted", 0)
+  end
+end
+
+-- tostring(v), with v's __tostring under the budget; else a note on what went wrong.
+local function budgeted_tostring(v, what)
+  local mt = getmt(v)
+  if mt == nil or rawget(mt, "__tostring") == nil then return tostring(v) end
+  local note = "<" .. type(v) .. ": " .. what .. " whose __tostring "
+  if budget <= 0 then return note .. "did not finish>" end
+  local co = co_create(tostring)
+  sethook(co, over_budget, "", BUDGET_STEP)
+  local outer = rendering
+  rendering = true
+  local ok, result = co_resume(co, v)
+  rendering = outer
+  if ok then return result end
+  if budget <= 0 then return note .. "did not finish>" end
+  return note .. "failed: " .. (type(result) == "string" and result or type(result)) .. ">"
+end
+
+-- Starts a rendering's budget (a rendering inside a __tostring shares the outer one).
+local function start_rendering()
+  if not rendering then budget = BUDGET end
+end
+
+-- tostring(v) for a report (a message, an error value).
+local function describe(v, what)
+  start_rendering()
+  return budgeted_tostring(v, what or "value")
+end
+
+-- v as a report shows it. A table's entries come from raw next (never __pairs), numeric
+-- keys first in order, then the rest by their rendering; `path` holds the tables being shown.
+local function render(v, depth, path)
+  v = plain(v)
+  if type(v) == "string" then return string.format("%q", v) end
+  if type(v) ~= "table" then return budgeted_tostring(v, "value") end
+  if path[v] then return "<cycle>" end
+  if depth > 2 then return budgeted_tostring(v, "value") end
+  path[v] = true
+  local entries = {}
+  for k, value in next, v do
+    entries[#entries + 1] = {number = type(k) == "number" and k or nil, key = render(k, depth + 1, path),
+                             value = render(value, depth + 1, path)}
+  end
+  path[v] = nil
+  table.sort(entries, function(a, b)
+    if a.number and b.number then return a.number < b.number end
+    if a.number or b.number then return a.number ~= nil end
+    return a.key < b.key
+  end)
+  local parts = {}
+  for i, entry in ipairs(entries) do parts[i] = "[" .. entry.key .. "] = " .. entry.value end
   return "{" .. table.concat(parts, ", ") .. "}"
 end
 
-local function equal(a, b)
+-- How assertions show a value: tables by content to depth 3, a back reference as <cycle>.
+local function show(v)
+  start_rendering()
+  return render(v, 0, {})
+end
+
+---------------------------------------------------------------- assertions
+
+-- Content equality; a pair of tables met again while being compared is assumed equal,
+-- so isomorphic cyclic tables compare equal.
+local function equal(a, b, seen)
   a, b = plain(a), plain(b)
   if a == b then return true end
   if type(a) ~= "table" or type(b) ~= "table" then return false end
+  seen = seen or {}
+  seen[a] = seen[a] or {}
+  if seen[a][b] then return true end
+  seen[a][b] = true
   for k, v in pairs(a) do
-    if not equal(v, b[k]) then return false end
+    if not equal(v, b[k], seen) then return false end
   end
   for k in pairs(b) do
     if a[k] == nil then return false end
@@ -562,14 +669,14 @@ end
 
 function assert(cond, message, ...)
   if not cond then
-    fail(message ~= nil and tostring(message) or "assertion failed!")
+    fail(message ~= nil and describe(message) or "assertion failed!")
   end
   return cond, message, ...
 end
 
 function assert_eq(expected, actual, message)
   if not equal(expected, actual) then
-    fail(message and ("assert_eq failed: " .. tostring(message)) or "assert_eq failed",
+    fail(message and ("assert_eq failed: " .. describe(message)) or "assert_eq failed",
       {expected = show(expected), actual = show(actual)})
   end
 end
@@ -581,7 +688,7 @@ function assert_contains(haystack, needle, message)
       .. type(h) .. " and " .. type(n))
   end
   if not string.find(h, n, 1, true) then
-    fail(message and ("assert_contains failed: " .. tostring(message)) or "assert_contains failed",
+    fail(message and ("assert_contains failed: " .. describe(message)) or "assert_contains failed",
       {haystack = show(h), needle = show(n)})
   end
 end
@@ -595,7 +702,7 @@ function todo(reason)
   if current_test == nil then
     error("todo() must be called inside test()", 2)
   end
-  error(setmetatable({reason = reason and tostring(reason) or "todo"}, Todo), 0)
+  error(setmetatable({reason = reason and describe(reason) or "todo"}, Todo), 0)
 end
 
 local function on_error(e)
@@ -607,15 +714,20 @@ local function on_error(e)
     return {outcome = "failed", message = e.message, where = e.where, expected = e.expected,
             actual = e.actual, haystack = e.haystack, needle = e.needle, traceback = trace}
   end
-  local message = tostring(e)
+  local message = describe(e, "error value")
   local loc, rest = message:match("^([^:\n]+:%d+): (.*)$")
   return {outcome = "error", message = rest or message, where = loc, traceback = trace}
 end
 
--- Runs every million Lua instructions inside a test: ends Lua code that outlives the deadline.
-local function deadline_hook()
-  local message = bridge.expired()
-  if message then error(message, 2) end
+-- The result for an error on_error never saw: Lua 5.4 raises "not enough memory" (and
+-- "error in error handling") without calling the message handler. Frees what it can.
+local function unhandled(e)
+  collectgarbage()
+  if e == "not enough memory" then
+    return {outcome = "error", message = string.format(
+      "the Lua memory limit (%g GiB per test file) was reached: not enough memory", bridge.max_memory / 2^30)}
+  end
+  return {outcome = "error", message = describe(e, "error value")}
 end
 
 function test(name, opts, fn)
@@ -624,18 +736,24 @@ function test(name, opts, fn)
   check("test", 1, "name", name, "string")
   check("test", 2, "opts", opts, "table")
   check("test", fn_index, "fn", fn, "function")
-  known_options("test", opts, {timeout = true})
+  known_options("test", opts, {timeout = true, allow_warnings = true})
   check("test", 2, "opts.timeout", opts.timeout, "number", true)
+  check("test", 2, "opts.allow_warnings", opts.allow_warnings, "boolean", true)
   if current_test ~= nil then
     error("test(): cannot nest test '" .. name .. "' inside test '" .. current_test .. "'", 2)
   end
-  if not call(bridge.begin_test, name, where(2), opts.timeout) then
+  if not call(bridge.begin_test, name, where(2), opts.timeout, opts.allow_warnings == true) then
     return -- deselected, or only listing
   end
   current_test = name
   local ok, result = xpcall(fn, on_error)
+  reset_deadline_hook()
   current_test = nil
-  if ok then result = {outcome = "passed"} end
+  if ok then
+    result = {outcome = "passed"}
+  elseif type(result) ~= "table" then
+    result = unhandled(result)
+  end
   call(bridge.end_test, result)
 end
 
@@ -724,11 +842,15 @@ local function sandbox_rawset(t, key, value)
   return raw_rawset(t, key, value)
 end
 
--- Coroutines get the deadline hook too, so a loop inside one still ends.
-local co_create, co_resume = coroutine.create, coroutine.resume
+-- Coroutines get the deadline hook too, so a loop inside one still ends (one made while
+-- rendering a value gets the rendering's budget instead).
 local function sandbox_create(fn)
   local co = co_create(fn)
-  sethook(co, deadline_hook, "", HOOK_EVERY)
+  if rendering then
+    sethook(co, over_budget, "", BUDGET_STEP)
+  else
+    sethook(co, deadline_hook, "", HOOK_EVERY)
+  end
   return co
 end
 
@@ -783,10 +905,11 @@ return function(source, chunkname)
   if not chunk then
     return {outcome = "error", message = message}, nil
   end
-  sethook(deadline_hook, "", HOOK_EVERY)
+  reset_deadline_hook()
   local ok, result = xpcall(chunk, on_error)
   sethook()
-  if not ok then return result, nil end
+  expired_message = nil
+  if not ok then return type(result) == "table" and result or unhandled(result), nil end
   if getmt(result) == VM then return nil, result._h end
   return nil, nil
 end

@@ -76,6 +76,22 @@ test("FIONREAD and an _IOR ioctl return data", function()
   assert_eq(nil, none)
 end)
 
+test("an integer ioctl argument is passed as the value itself (TCFLSH)", function()
+  local AT_FDCWD, O_RDWR, O_NOCTTY, EINVAL = -100, 2, 0x100, 22
+  local ptmx = vm:syscall_buf(257, 1, "/dev/ptmx\0", AT_FDCWD, 0, O_RDWR | O_NOCTTY)
+  assert(ptmx >= 0, "openat /dev/ptmx: " .. ptmx)
+  local TCFLSH, TCIOFLUSH = 0x540B, 2
+  local ret, none = vm:ioctl(ptmx, TCFLSH, TCIOFLUSH)
+  assert_eq(0, ret)
+  assert_eq(nil, none)
+  assert_eq(0, vm:ioctl(ptmx, TCFLSH, 1.0)) -- TCOFLUSH: an integral float is an integer
+  assert_eq(-EINVAL, vm:ioctl(ptmx, TCFLSH, 99)) -- no such queue: the kernel saw 99, not a pointer
+  local ok, err = pcall(vm.ioctl, vm, ptmx, TCFLSH, 1.5)
+  assert(not ok)
+  assert_contains(err, "vm:ioctl: argument 3 (arg) must be a string or an integer, got float")
+  assert_eq(0, vm:syscall(SYS.close, ptmx))
+end)
+
 test("an ioctl whose struct embeds a user pointer (SIOCGIFCONF)", function()
   assert(vm:exec("ip addr add 127.0.0.1/8 dev lo && ip link set lo up").ok)
   local sock = vm:syscall(SYS.socket, 2, 2, 0) -- AF_INET, SOCK_DGRAM
