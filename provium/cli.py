@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import __version__, config as config_mod, profile_build, qemu, runner
+from . import __version__, config as config_mod, images, profile_build, qemu, runner
 from .cache import Cache
 from .errors import ConfigError, ProviumError
 from .fixtures import FixtureError, Fixtures
@@ -108,7 +108,9 @@ def cmd_run(args):
     suites = {config.root: config for config in configs.values()}.values()
     for config in suites:
         for name in config.raw_profiles:
-            config.profile(name)  # every error in provium.toml surfaces now, before anything runs
+            # every error in provium.toml surfaces now, before anything runs; module names need
+            # the kernel release, read from the cached vmlinux
+            images.check_modules(config.profile(name), Cache())
     accel, notice = accelerator()
 
     def options_for(config):

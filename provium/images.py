@@ -2,7 +2,8 @@
 
 Each artifact is keyed by the content of everything it is made from (kernel
 image, agent, busybox, modules, the format version), so changing any input
-rebuilds it and nothing else does.
+rebuilds it and nothing else does. The initramfs ships the modules loaded at
+boot and the profile's available_modules, each with its dependencies.
 """
 
 import functools
@@ -10,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import agent_build, initramfs, kernel
-from .cache import digest
-from .errors import ImageError
+from .cache import Cache, digest
+from .config import Profile
+from .errors import ConfigError, ImageError
 from .protocol import PROTO_VERSION
 
 # Bump when the layout of the initramfs changes in a way its inputs do not show.
-_INITRAMFS_FORMAT = 1
+_INITRAMFS_FORMAT = 2
 # Modules the guest needs to reach the agent port and attach disks (microvm: virtio-mmio).
 BASE_MODULES = ("virtio_mmio", "virtio_console", "virtio_blk")
 
@@ -51,15 +53,47 @@ def modules_dir(profile, release):
     return profile.modules_dir or Path("/lib/modules") / release
 
 
+def _tree(directory):
+    """The parsed tree, once per process while its modules.dep stays the same (a build step may rewrite it)."""
+    dep = directory / "modules.dep"
+    return _parsed_tree(directory, dep.stat().st_mtime_ns if dep.exists() else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_tree(directory, _stamp):
+    return kernel.ModuleTree(directory)
+
+
+def _resolve(tree, profile, key):
+    """The load order of the profile's `key`; ConfigError naming provium.toml, the profile and the key."""
+    try:
+        return tree.load_order(getattr(profile, key))
+    except ImageError as exc:
+        raise ConfigError(f"{profile.source}: profile {profile.name!r}: key {key!r}: {exc}") from None
+
+
 def _modules(profile, release):
+    """The module tree and the modules to ship: loaded at boot, and only available (both load orders)."""
     directory = modules_dir(profile, release)
     if not directory.is_dir():
-        if profile.modules:
-            raise ImageError(f"profile {profile.name!r}: modules {list(profile.modules)} requested "
-                             f"but {directory} does not exist (set modules_dir)")
-        return None, []
-    tree = kernel.ModuleTree(directory)
-    return tree, tree.load_order([*BASE_MODULES, *profile.modules])
+        for key in ("modules", "available_modules"):
+            if getattr(profile, key):
+                raise ConfigError(f"{profile.source}: profile {profile.name!r}: key {key!r}: "
+                                  f"{directory} does not exist (set modules_dir)")
+        return None, [], []
+    tree = _tree(directory)
+    boot = list(dict.fromkeys([*tree.load_order(BASE_MODULES), *_resolve(tree, profile, "modules")]))
+    loaded = set(boot)
+    return tree, boot, [rel for rel in _resolve(tree, profile, "available_modules") if rel not in loaded]
+
+
+def check_modules(profile: Profile, cache: Cache) -> None:
+    """Raise ConfigError when a name in the profile's modules or available_modules is not in its tree.
+
+    Needs the kernel release, read from the cached vmlinux: cheap after the first run.
+    """
+    if profile.modules or profile.available_modules:
+        _modules(profile, _vmlinux(profile, cache)[1])
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,13 +105,15 @@ def prepare(profile, cache):
     vmlinux, release = _vmlinux(profile, cache)
     agent = agent_build.build(cache)
     busybox = initramfs.find_busybox()
-    tree, order = _modules(profile, release)
-    module_files = [tree.directory / rel for rel in order]
-    key = digest(_INITRAMFS_FORMAT, PROTO_VERSION, release, agent, busybox, *order, *module_files)
+    tree, boot, available = _modules(profile, release)
+    sources = tree.sources([*boot, *available]) if tree else []
+    key = digest(_INITRAMFS_FORMAT, PROTO_VERSION, release, agent, busybox, *boot, "", *available, *sources)
 
     def build(out):
-        modules = [(rel, tree.module_bytes(rel)) for rel in order]
-        out.write_bytes(initramfs.build(agent, busybox, modules, release))
+        # Without a tree, an empty modules.dep: modprobe then says what it does not find.
+        modules = tree.guest_tree(boot, available) if tree else {"modules.dep": b""}
+        load = [kernel.boot_path(rel) for rel in boot]
+        out.write_bytes(initramfs.build(agent, busybox, release, modules, load))
 
     initrd = cache.get_or_build("initramfs", key, "initramfs.cpio", build)
     if profile.initrd:

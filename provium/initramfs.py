@@ -1,7 +1,8 @@
 """The guest's initramfs: a newc cpio archive written in Python.
 
-It holds /init (the agent), a static busybox with its applet links, the
-kernel modules the guest needs and /etc/provium/modules (their load order).
+It holds /init (the agent), a static busybox with its applet links, a module
+tree in /lib/modules/RELEASE (modules and the lists modprobe reads) and
+/etc/provium/modules (what PID 1 loads at boot, in order).
 Writing the archive here needs no root (device nodes are just headers) and no
 cpio binary.
 """
@@ -10,6 +11,7 @@ import shutil
 import stat
 import struct
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .errors import ImageError
@@ -94,11 +96,12 @@ def busybox_applets(busybox):
     return [line for line in out.split() if line not in ("linuxrc", "sbin/init")]
 
 
-def build(agent, busybox, modules, release):
+def build(agent: Path, busybox: Path, release: str, modules: Mapping[str, bytes], load: Sequence[str]) -> bytes:
     """The archive bytes.
 
-    agent, busybox: host paths of static binaries. modules: list of
-    (relative path under /lib/modules/RELEASE, uncompressed bytes) in load order.
+    agent, busybox: host paths of static binaries. modules: the guest's
+    /lib/modules/RELEASE as {path relative to it: contents}. load: paths
+    (relative to it too) that PID 1 loads at boot, in order.
     """
     cpio = CpioWriter()
     for directory in ("dev", "proc", "sys", "tmp", "run", "root", "etc/provium",
@@ -110,10 +113,9 @@ def build(agent, busybox, modules, release):
     for applet in busybox_applets(busybox):
         if applet != "bin/busybox":
             cpio.symlink(applet, "/bin/busybox")
-    load_list = []
-    for relative, data in modules:
-        guest = f"lib/modules/{release}/{relative.split('.ko')[0]}.ko"
-        cpio.file(guest, data)
-        load_list.append("/" + guest)
-    cpio.file("etc/provium/modules", "".join(f"{p}\n" for p in load_list).encode())
+    tree = f"lib/modules/{release}"
+    cpio.directory(tree)
+    for relative, data in modules.items():
+        cpio.file(f"{tree}/{relative}", data)
+    cpio.file("etc/provium/modules", "".join(f"/{tree}/{p}\n" for p in load).encode())
     return bytes(cpio)

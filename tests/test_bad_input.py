@@ -21,7 +21,7 @@ from provium.vm import Vm
 
 @pytest.mark.parametrize("toml, message", [
     ("[profiles.x\n", "provium.toml: syntax error: Expected ']' at the end of a table declaration (at line 1, column 12)"),
-    ("[profiles.x]\nkernal = \"k\"\n", "provium.toml: profile 'x': key 'kernal': unknown key (allowed: build, cmdline, cpus, initrd, kernel, memory, modules, modules_dir, qemu_args)"),
+    ("[profiles.x]\nkernal = \"k\"\n", "provium.toml: profile 'x': key 'kernal': unknown key (allowed: allow_warnings, available_modules, build, cmdline, cpus, initrd, kernel, memory, modules, modules_dir, qemu_args)"),
     ("[profiles.x]\ncpus = \"two\"\n", "provium.toml: profile 'x': key 'cpus': must be an integer, not str"),
     ("[profiles.x]\nmemory = 512\n", "provium.toml: profile 'x': key 'memory': must be a string, not int"),
     ("[profiles.x]\nkernel = \"missing/bzImage\"\n", "provium.toml: profile 'x': key 'kernel': file not found: {root}/missing/bzImage"),
@@ -36,6 +36,18 @@ def test_configuration_errors_are_one_line_and_exit_2(suite, toml, message):
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == f"provium: {suite.root}/{message.format(root=suite.root)}\n"
+
+
+@pytest.mark.parametrize("key", ["modules", "available_modules"])
+def test_an_unknown_kernel_module_is_a_configuration_error_before_anything_runs(suite, key):
+    suite.write("provium.toml", f'[profiles.ok]\n{key} = ["dummy"]\n[profiles.x]\n{key} = ["dummy", "no_such_mod"]\n')
+    suite.write("t.lua", 'test("x", function() error("must not run") end)\n')
+    result = suite.run("run", "t.lua")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    modules = newest_host_kernel()[1]
+    assert result.stderr == (f"provium: {suite.root}/provium.toml: profile 'x': key '{key}': "
+                             f"kernel module 'no_such_mod' not found in {modules}\n")
 
 
 def test_an_unknown_profile_lists_the_known_ones(suite):

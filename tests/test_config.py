@@ -90,3 +90,22 @@ def test_newest_host_kernel_needs_matching_modules(tmp_path):
     kernel, mods = config.newest_host_kernel(str(boot), str(modules))
     assert kernel.name == "vmlinuz-6.1.0-10-amd64"
     assert mods == modules / "6.1.0-10-amd64"
+
+
+def test_available_modules_are_a_list_of_names(tmp_path, kernel):
+    cfg = write(tmp_path, '[profiles.media]\nkernel = "vmlinuz"\navailable_modules = ["videodev", "dummy"]\n'
+                          '[profiles.everything]\nkernel = "vmlinuz"\navailable_modules = ["*"]\n')
+    assert cfg.profile("media").available_modules == ("videodev", "dummy")
+    assert cfg.profile("media").modules == ()
+    assert cfg.profile("everything").available_modules == ("*",)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('available_modules = "videodev"', "key 'available_modules': must be a list, not str"),
+    ('available_modules = ["videodev", 3]', "key 'available_modules': entries must be module names"),
+    ('modules = [""]', "key 'modules': entries must be module names"),
+    ('modules = ["*"]', "key 'modules': \"\\*\" \\(the whole tree\\) is for available_modules"),
+])
+def test_bad_module_lists_are_named(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=f"profile 'x': {message}"):
+        write(tmp_path, f"[profiles.x]\n{text}\n")

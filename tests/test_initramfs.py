@@ -1,11 +1,12 @@
-"""The cpio writer, checked by an independent reader (busybox cpio)."""
+"""The cpio writer and the archive's layout, checked by an independent reader (busybox cpio)."""
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from provium.initramfs import CpioWriter, is_static_elf
+from provium.initramfs import CpioWriter, build, is_static_elf
 
 busybox = shutil.which("busybox")
 
@@ -39,3 +40,19 @@ def test_static_elf_detection():
     assert not is_static_elf(open("/bin/ls", "rb").read())
     if busybox:
         assert is_static_elf(open(shutil.which("busybox"), "rb").read())
+
+
+@pytest.mark.skipif(busybox is None, reason="busybox is not installed")
+def test_the_module_tree_and_the_load_list(tmp_path):
+    agent = tmp_path / "agent"
+    agent.write_bytes(b"\x7fELF agent")
+    modules = {"kernel/v/virtio.ko": b"virtio", "kernel/n/dummy.ko.xz": b"xz", "modules.dep": b"deps\n"}
+    archive = build(agent, Path(shutil.which("busybox")).resolve(), "6.9.0-test", modules, ["kernel/v/virtio.ko"])
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run([busybox, "cpio", "-i", "-d"], input=archive, cwd=root, check=True, capture_output=True)
+    tree = root / "lib/modules/6.9.0-test"
+    assert {str(p.relative_to(tree)): p.read_bytes() for p in tree.rglob("*") if p.is_file()} == modules
+    assert (root / "etc/provium/modules").read_text() == "/lib/modules/6.9.0-test/kernel/v/virtio.ko\n"
+    assert (root / "init").read_bytes() == b"\x7fELF agent"
+    assert (root / "sbin/modprobe").readlink() == Path("/bin/busybox")
