@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import boot  # noqa: E402
 import fixtures  # noqa: E402
+import modules  # noqa: E402
 import ops  # noqa: E402
 import parallel  # noqa: E402
 import peers  # noqa: E402
@@ -22,6 +23,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="few runs: check that the benchmarks work")
     quick = parser.parse_args().quick
     boot.main(["--runs", "2" if quick else "7"])
+    print()
+    modules.main(["--quick"] if quick else ["--runs", "7"])
     print()
     ops.main(["--iterations", "20" if quick else "300"])
     print()

@@ -9,7 +9,7 @@ import os
 import subprocess
 
 from . import images
-from .errors import ConfigError
+from .errors import ConfigError, ImageError
 
 BUILD_TIMEOUT = 900.0
 
@@ -34,8 +34,12 @@ def run_builds(config, cache, report):
             continue
         report(f"building profile {name!r}: {profile.build}")
         try:
+            env = build_environment(config, profile, cache)
+        except ImageError as exc:
+            raise ConfigError(f"{config.path}: profile {name!r}: {exc}") from None
+        try:
             result = subprocess.run(profile.build, shell=True, cwd=config.root, capture_output=True, text=True,
-                                    env=build_environment(config, profile, cache), timeout=BUILD_TIMEOUT)
+                                    env=env, timeout=BUILD_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise ConfigError(f"{config.path}: profile {name!r}: build did not finish within "
                               f"{BUILD_TIMEOUT:.0f} s: {profile.build}") from None
