@@ -249,7 +249,8 @@ class Vm(GuestOps):
         self.timeouts = timeouts
         self.crash = None
         self.allow_warnings = False  # kernel warnings on the console fail the op or test that sees them
-        self._console_seen = 0
+        self._console_seen = 0  # where the next scan starts: after the last whole line scanned
+        self._console_size = 0  # the log's size at the last scan
         self._reserved = 0
         self.name = name or profile.name
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
@@ -357,10 +358,11 @@ class Vm(GuestOps):
             size = self.machine.console_path.stat().st_size
         except OSError:
             return
-        if size < self._console_seen:
+        if size == self._console_size:
+            return  # nothing new
+        if size < self._console_size:
             self._console_seen = 0  # the log was trimmed (a flooding guest)
-        if size == self._console_seen:
-            return
+        self._console_size = size
         console = self.machine.console_text()
         end = console.rfind("\n") + 1  # whole lines only: an unfinished one is read again next time
         start, self._console_seen = self._console_seen, end
