@@ -17,7 +17,7 @@ from .errors import ConfigError, ImageError
 from .protocol import PROTO_VERSION
 
 # Bump when the layout of the initramfs changes in a way its inputs do not show.
-_INITRAMFS_FORMAT = 2
+_INITRAMFS_FORMAT = 3
 # Modules the guest needs to reach the agent port and attach disks (microvm: virtio-mmio).
 BASE_MODULES = ("virtio_mmio", "virtio_console", "virtio_blk")
 
@@ -111,7 +111,8 @@ def prepare(profile, cache):
 
     def build(out):
         # Without a tree, an empty modules.dep: modprobe then says what it does not find.
-        modules = tree.guest_tree(boot, available) if tree else {"modules.dep": b""}
+        modules = tree.guest_tree(boot, available, compress=kernel.ALL_MODULES in profile.available_modules) \
+            if tree else {"modules.dep": b""}
         load = [kernel.boot_path(rel) for rel in boot]
         out.write_bytes(initramfs.build(agent, busybox, release, modules, load))
 

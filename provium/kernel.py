@@ -108,7 +108,7 @@ def boot_path(relative: str) -> str:
 
 
 def available_path(relative: str) -> str:
-    """Where a module shipped but not loaded at boot sits: xz-compressed, which busybox unpacks itself."""
+    """Where a compressed module shipped but not loaded at boot sits: xz, which busybox unpacks itself."""
     return _MODULE_SUFFIX.sub(".ko.xz", relative)
 
 
@@ -185,18 +185,22 @@ class ModuleTree:
             return data
         return lzma.compress(_uncompress(relative, data), format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=0)
 
-    def guest_tree(self, boot: list[str], available: list[str]) -> dict[str, bytes]:
+    def guest_tree(self, boot: list[str], available: list[str], compress: bool = False) -> dict[str, bytes]:
         """The guest's /lib/modules/RELEASE as {path relative to it: contents}.
 
         boot: modules PID 1 loads, shipped uncompressed. available: modules shipped
-        xz-compressed for modprobe. Both in load order with their dependencies.
-        The lists name exactly the shipped modules, by their paths in the guest.
+        for modprobe, uncompressed too unless `compress` (for the whole tree: 400 MB
+        raw), then xz, which busybox unpacks itself, though only after the kernel
+        refused the compressed file and logged "Invalid ELF header magic". Both in
+        load order with their dependencies. The lists name exactly the shipped
+        modules, by their paths in the guest.
         """
+        place, contents = (available_path, self.xz_bytes) if compress else (boot_path, self.module_bytes)
         shipped = {rel: boot_path(rel) for rel in boot}
-        shipped |= {rel: available_path(rel) for rel in available}
+        shipped |= {rel: place(rel) for rel in available}
         files = {boot_path(rel): self.module_bytes(rel) for rel in boot}
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # lzma releases the GIL
-            files |= dict(zip(map(available_path, available), pool.map(self.xz_bytes, available)))
+            files |= dict(zip(map(place, available), pool.map(contents, available)))
         return files | self.lists(shipped)
 
     def lists(self, shipped: Mapping[str, str]) -> dict[str, bytes]:
