@@ -13,11 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import __version__, config as config_mod, images, profile_build, qemu, runner
+from . import __version__, config as config_mod, images, qemu, runner
 from .cache import Cache
 from .errors import ConfigError, ProviumError
 from .fixtures import FixtureError, Fixtures
 from .lua_runtime import FileOptions, build_fixture
+from .profile_build import Preparer
 from .report import (JsonEventsReport, JUnitReport, KtapReport, ListReporter, LiveTerminalReporter, Reporters,
                      TerminalReporter)
 from .vm import Timeouts, accelerator
@@ -44,6 +45,9 @@ def build_parser():
     run.add_argument("--list", action="store_true", help="list the tests found, run nothing")
     run.add_argument("--fail-fast", action="store_true", help="stop after the first failing test")
     run.add_argument("--shard", metavar="K/N", help="run shard K of N (a stable partition of the files)")
+    run.add_argument("--matrix", metavar="NAME=P1,P2,...",
+                     help="run every file once per profile Pi, with profile NAME standing for Pi "
+                          "(default: the suite's [matrix])")
     run.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
     run.add_argument("--ktap", metavar="FILE", help="write a KTAP report (- for standard output)")
     run.add_argument("--json", metavar="FILE", help="write JSON events, one per line")
@@ -98,43 +102,48 @@ def _reporters(args, opened):
     return Reporters(reporters)
 
 
+def _notice(line):
+    print(f"provium: {line}", file=sys.stderr)
+
+
 def cmd_run(args):
     if args.jobs < 1:
         raise ConfigError(f"-j {args.jobs}: must be at least 1")
     files = runner.discover(args.paths)
-    if args.shard:
-        files = runner.shard(files, *runner.parse_shard(args.shard))
     configs = runner.suites(files, config_mod.load())
+    runs = runner.items(files, configs, runner.parse_matrix(args.matrix) if args.matrix else None)
+    if args.shard:
+        runs = runner.shard(runs, *runner.parse_shard(args.shard))
     suites = {config.root: config for config in configs.values()}.values()
     for config in suites:
         for name in config.raw_profiles:
-            # every error in provium.toml surfaces now, before anything runs; module names need
-            # the kernel release, read from the cached vmlinux
+            # every error in provium.toml surfaces now, before anything runs (module names too,
+            # for a kernel at hand: its release is in its image header)
             images.check_modules(config.profile(name), Cache())
     accel, notice = accelerator()
+    opened = []
+    reporter = ListReporter() if args.list else _reporters(args, opened)
+    preparer = Preparer(Cache(), reporter.notice)
 
     def options_for(config):
         factor = config.run.tcg_slowdown if accel == "tcg" else 1.0
         return FileOptions(
             timeouts=Timeouts.from_settings(config.run, accel), test_timeout=config.run.test_timeout * factor,
             file_timeout=config.run.file_timeout * factor, slowdown=factor, keyword=args.keyword,
-            collect_only=args.list, artifacts=Path(args.artifacts) if args.artifacts else None)
+            collect_only=args.list, artifacts=Path(args.artifacts) if args.artifacts else None,
+            preparer=preparer)
 
     if args.list:
-        runner.run(files, configs, Cache(), ListReporter(), options_for)
+        runner.run(runs, configs, Cache(), reporter, options_for)
         return EXIT_OK
     qemu.find_qemu()
-    opened = []
-    reporter = _reporters(args, opened)
     if notice:
         reporter.notice(notice)
-    for config in suites:
-        profile_build.run_builds(config, Cache(), reporter.notice)
     interrupts = _Interrupts()
     interrupts.install()
     summary = None
     try:
-        summary = runner.run(files, configs, Cache(), reporter, options_for, jobs=args.jobs,
+        summary = runner.run(runs, configs, Cache(), reporter, options_for, jobs=args.jobs,
                              fail_fast=args.fail_fast, interrupted=lambda: bool(interrupts))
     except KeyboardInterrupt:
         pass
@@ -155,7 +164,8 @@ def cmd_fixtures(args):
     config = config_mod.load()
     scratch = tempfile.mkdtemp(prefix="provium-run-")
     fixtures = Fixtures(config, Cache(), build_fixture, FileOptions(
-        timeouts=Timeouts.from_settings(config.run, accelerator()[0]), scratch=Path(scratch)))
+        timeouts=Timeouts.from_settings(config.run, accelerator()[0]), scratch=Path(scratch),
+        preparer=Preparer(Cache(), _notice)))
     try:
         return _fixtures_action(args, config, fixtures)
     finally:
@@ -183,7 +193,6 @@ def _fixtures_action(args, config, fixtures):
             fixtures.source(name)  # an unknown name fails before any build runs
         except FixtureError as exc:
             raise ConfigError(str(exc)) from None
-    profile_build.run_builds(config, fixtures.cache, print)  # what the fixtures boot with, as `provium run` does
     for name in names:
         started = time.monotonic()
         entry = fixtures.entry(name)

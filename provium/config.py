@@ -8,6 +8,7 @@ the profile and the key.
 
 import dataclasses
 import glob
+from importlib import resources
 import os
 import re
 from dataclasses import dataclass, field
@@ -38,7 +39,11 @@ _PROFILE_KEYS = {
     "available_modules": list,
     "qemu_args": list,
     "allow_warnings": bool,
+    "kernel_source": str,
+    "kconfig": list,
 }
+ARCHIVE = "apt:"  # kernel = "apt:PACKAGE", kernel_source = "apt:PACKAGE": from the distribution's archive
+FRAGMENTS = resources.files("provium") / "kconfig"  # provium's own kconfig fragments: NAME.config
 
 
 def parse_memory(value, what="memory"):
@@ -59,7 +64,7 @@ class Profile:
     """A validated profile: where the kernel is and how the guest looks."""
 
     name: str
-    kernel: Path
+    kernel: Path | None      # a kernel file; None when provium fetches or builds it (see kernel_package, kernel_source)
     initrd: Path | None
     modules_dir: Path | None
     cmdline: str
@@ -71,6 +76,15 @@ class Profile:
     build: str | None = None
     qemu_args: tuple = ()
     allow_warnings: bool = False  # kernel WARNING splats do not fail tests on this profile
+    kernel_package: str | None = None  # kernel = "apt:PACKAGE": an image package from the archive
+    kernel_source: str | None = None   # a kernel tree (absolute path) or "apt:SOURCE-PACKAGE" to build
+    kconfig: tuple = ()                # fragments for kernel_source: provium's names or absolute paths
+    root: Path | None = None           # the suite root
+
+    @property
+    def kernel_at_hand(self) -> bool:
+        """True when the kernel is a file already there; False when provium fetches or builds it."""
+        return self.kernel is not None
 
 
 DEFAULT_FIXTURE_CACHE_LIMIT = "8G"
@@ -99,6 +113,7 @@ class Config:
     raw_profiles: dict = field(default_factory=dict)
     fixture_cache_limit: str = DEFAULT_FIXTURE_CACHE_LIMIT
     run: RunSettings = field(default_factory=RunSettings)
+    matrix: dict = field(default_factory=dict)  # [matrix] NAME = [PROFILE, ...]: the default --matrix
 
     def profile_names(self):
         return sorted({BUILTIN_PROFILE, *self.raw_profiles})
@@ -141,9 +156,14 @@ def load(start=None):
         raise ConfigError(f"{path}: syntax error: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    unknown = sorted(set(data) - {"profiles", "fixtures", "run"})
+    unknown = sorted(set(data) - {"profiles", "fixtures", "run", "matrix"})
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} (allowed: fixtures, profiles, run)")
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} (allowed: fixtures, matrix, profiles, run)")
+    matrix = data.get("matrix", {})
+    if not isinstance(matrix, dict) or len(matrix) > 1 or not all(
+            isinstance(v, list) and v and all(isinstance(p, str) and p for p in v) for v in matrix.values()):
+        raise ConfigError(f"{path}: [matrix] takes one key, NAME = [\"PROFILE\", ...] (the profiles NAME "
+                          f"stands for, one run each)")
     run = data.get("run", {})
     if not isinstance(run, dict):
         raise ConfigError(f"{path}: 'run' must be a table")
@@ -164,7 +184,7 @@ def load(start=None):
     except ConfigError as exc:
         raise ConfigError(f"{path}: [fixtures]: {exc}") from None
     config = Config(root=root, path=path, raw_profiles=profiles, fixture_cache_limit=limit,
-                    run=RunSettings(**{k: float(v) for k, v in run.items()}))
+                    run=RunSettings(**{k: float(v) for k, v in run.items()}), matrix=matrix)
     for name, table in profiles.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: profile {name!r} must be a table")
@@ -217,7 +237,8 @@ def _resolve(config, value):
     return path if path.is_absolute() else config.root / path
 
 
-def _build_profile(name, table, config):
+def _kernel_file(name, table, config):
+    """(kernel file, modules_dir) of a profile that boots a kernel file: its own, else the host's."""
     if "kernel" in table:
         kernel = _resolve(config, table["kernel"])
         modules_dir = None
@@ -238,6 +259,59 @@ def _build_profile(name, table, config):
         modules_dir = _resolve(config, table["modules_dir"])
         if not modules_dir.is_dir():
             raise ConfigError(f"{_where(config, name, 'modules_dir')}: directory not found: {modules_dir}")
+    return kernel, modules_dir
+
+
+def _kernel_source(name, table, config):
+    """(kernel_source, kconfig fragments) as the build wants them: absolute paths or archive names."""
+    source = table["kernel_source"]
+    if not source.startswith(ARCHIVE):
+        tree = _resolve(config, source)
+        if not (tree / "Makefile").is_file() or not (tree / "Kconfig").is_file():
+            raise ConfigError(f"{_where(config, name, 'kernel_source')}: not a kernel source tree "
+                              f"(no Makefile and Kconfig): {tree}")
+        source = str(tree)
+    elif source == ARCHIVE:
+        raise ConfigError(f"{_where(config, name, 'kernel_source')}: name a source package after apt:")
+    fragments = []
+    for entry in table.get("kconfig", ["minimal"]):
+        if not isinstance(entry, str) or not entry:
+            raise ConfigError(f"{_where(config, name, 'kconfig')}: entries must be fragment names or files")
+        if "/" not in entry and not entry.endswith(".config"):
+            if not (FRAGMENTS / f"{entry}.config").is_file():
+                known = ", ".join(sorted(p.name[:-len(".config")] for p in FRAGMENTS.iterdir()
+                                         if p.name.endswith(".config")))
+                raise ConfigError(f"{_where(config, name, 'kconfig')}: no fragment {entry!r} "
+                                  f"(provium's own: {known}; a file of the suite needs its path)")
+            fragments.append(entry)
+            continue
+        path = _resolve(config, entry)
+        if not path.is_file():
+            raise ConfigError(f"{_where(config, name, 'kconfig')}: file not found: {path}")
+        fragments.append(str(path))
+    return source, tuple(fragments)
+
+
+def _build_profile(name, table, config):
+    kernel = modules_dir = package = source = None
+    fragments = ()
+    if "kernel" in table and "kernel_source" in table:
+        raise ConfigError(f"{_where(config, name, 'kernel_source')}: set either kernel or kernel_source, not both")
+    if "kconfig" in table and "kernel_source" not in table:
+        raise ConfigError(f"{_where(config, name, 'kconfig')}: fragments are for a kernel built from "
+                          f"kernel_source")
+    fetched = "kernel_source" in table or table.get("kernel", "").startswith(ARCHIVE)
+    if fetched and "modules_dir" in table:
+        raise ConfigError(f"{_where(config, name, 'modules_dir')}: a kernel provium fetches or builds "
+                          f"brings its own modules")
+    if "kernel_source" in table:
+        source, fragments = _kernel_source(name, table, config)
+    elif fetched:
+        package = table["kernel"][len(ARCHIVE):]
+        if not package:
+            raise ConfigError(f"{_where(config, name, 'kernel')}: name an image package after apt:")
+    else:
+        kernel, modules_dir = _kernel_file(name, table, config)
     initrd = None
     if "initrd" in table:
         initrd = _resolve(config, table["initrd"])
@@ -259,4 +333,5 @@ def _build_profile(name, table, config):
         build=table.get("build"),
         qemu_args=tuple(table.get("qemu_args", ())),
         allow_warnings=table.get("allow_warnings", False),
+        kernel_package=package, kernel_source=source, kconfig=fragments, root=config.root,
     )

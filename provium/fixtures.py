@@ -37,6 +37,7 @@ from . import agent_build, images, qemu
 from .cache import digest, locked
 from .config import parse_memory
 from .errors import BootError, ProviumError, QemuError
+from .profile_build import Preparer
 from .vm import SNAPSHOT_RAM, SNAPSHOT_STATE, SnapshotSpec, Vm, accelerator
 
 _FORMAT = 2
@@ -144,6 +145,7 @@ class Fixtures:
         self._pool_lock = threading.Lock()
         # QEMU dies with the thread that started it: pooled clones start on this long-lived one
         self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provium-pool")
+        self.preparer = options.preparer or Preparer(cache)
 
     @property
     def _building(self):
@@ -166,7 +168,7 @@ class Fixtures:
     def key(self, name):
         """The key of the fixture's current source and environment."""
         config_text = self.config.path.read_bytes() if self.config.path else b""
-        return digest(_FORMAT, self.source(name), config_text, self._environment)
+        return digest(_FORMAT, self.source(name), config_text, self._environment, self.options.aliases)
 
     @functools.cached_property
     def _environment(self):
@@ -180,14 +182,14 @@ class Fixtures:
         a file in the run's scratch directory (the script made it from recorded inputs)."""
         path = Path(os.path.realpath(path))
         scratch = self.options.scratch
-        for base, anchor in ((scratch, None), (self.config.root, SUITE_ANCHOR), (self.root, CACHE_ANCHOR)):
+        for base, anchor in ((scratch, None), (self.config.root, SUITE_ANCHOR), (self.cache.root, CACHE_ANCHOR)):
             base = base and Path(os.path.realpath(base))
             if base and base in path.parents:
                 return anchor and anchor + str(path.relative_to(base))
         return str(path)
 
     def _resolve(self, anchored: str) -> Path:
-        for anchor, base in ((SUITE_ANCHOR, self.config.root), (CACHE_ANCHOR, self.root)):
+        for anchor, base in ((SUITE_ANCHOR, self.config.root), (CACHE_ANCHOR, self.cache.root)):
             if anchored.startswith(anchor):
                 return Path(base) / anchored[len(anchor):]
         return Path(anchored)
@@ -227,7 +229,9 @@ class Fixtures:
                 return None
             if (path / SNAPSHOT_STATE).stat().st_size == 0:
                 return None
-            boot = images.prepare(self.config.profile(spec.profile), self.cache)
+            # its build step first: the files checked below may be its outputs
+            profile = self.preparer.prepare(self.config.profile(spec.profile)).profile
+            boot = images.prepare(profile, self.cache)
             if [str(p.relative_to(self.cache.root)) for p in (boot.vmlinux, boot.initrd)] != manifest["images"]:
                 return None
             for file, file_hash in manifest["files"].items():

@@ -10,7 +10,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import agent_build, initramfs, kernel
+from . import agent_build, initramfs, kernel, kernels
 from .cache import Cache, digest
 from .config import Profile
 from .errors import ConfigError, ImageError
@@ -29,28 +29,24 @@ class BootImages:
     release: str
 
 
-def _vmlinux(profile, cache):
-    key = digest(profile.kernel)
+def _vmlinux(image_path, cache):
+    """The ELF vmlinux in a kernel image (cached by the image's content) and its release."""
+    key = digest(image_path)
 
     def extract(out):
         try:
-            image = profile.kernel.read_bytes()
+            image = image_path.read_bytes()
         except OSError as exc:
-            raise ImageError(f"cannot read kernel {profile.kernel}: {exc.strerror}") from None
+            raise ImageError(f"cannot read kernel {image_path}: {exc.strerror}") from None
         try:
             out.write_bytes(kernel.extract_vmlinux(image))
         except ImageError as exc:
-            raise ImageError(f"{profile.kernel}: {exc}") from None
+            raise ImageError(f"{image_path}: {exc}") from None
 
     vmlinux = cache.get_or_build("vmlinux", key, "vmlinux", extract)
     release_file = cache.get_or_build(
         "vmlinux", key, "release", lambda out: out.write_text(kernel.release_of(vmlinux.read_bytes())))
     return vmlinux, release_file.read_text()
-
-
-def modules_dir(profile, release):
-    """Where the profile's kernel modules are: its modules_dir, else /lib/modules/RELEASE."""
-    return profile.modules_dir or Path("/lib/modules") / release
 
 
 def _tree(directory):
@@ -72,9 +68,8 @@ def _resolve(tree, profile, key):
         raise ConfigError(f"{profile.source}: profile {profile.name!r}: key {key!r}: {exc}") from None
 
 
-def _modules(profile, release):
+def _modules(profile, directory):
     """The module tree and the modules to ship: loaded at boot, and only available (both load orders)."""
-    directory = modules_dir(profile, release)
     if not directory.is_dir():
         for key in ("modules", "available_modules"):
             if getattr(profile, key):
@@ -90,10 +85,11 @@ def _modules(profile, release):
 def check_modules(profile: Profile, cache: Cache) -> None:
     """Raise ConfigError when a name in the profile's modules or available_modules is not in its tree.
 
-    Needs the kernel release, read from the cached vmlinux: cheap after the first run.
+    Only for a kernel at hand (the release comes from its image header): a kernel provium fetches
+    or builds is checked when it is prepared, on first use.
     """
-    if profile.modules or profile.available_modules:
-        _modules(profile, _vmlinux(profile, cache)[1])
+    if profile.kernel_at_hand and (profile.modules or profile.available_modules):
+        _modules(profile, kernels.resolve(profile, cache).modules_dir)
 
 
 @functools.lru_cache(maxsize=None)
@@ -102,10 +98,11 @@ def prepare(profile, cache):
 
     Hashing the inputs costs ~50 ms, so it is done once per profile and process.
     """
-    vmlinux, release = _vmlinux(profile, cache)
+    kernel_tree = kernels.resolve(profile, cache)
+    vmlinux, release = _vmlinux(kernel_tree.image, cache)
     agent = agent_build.build(cache)
     busybox = initramfs.find_busybox()
-    tree, boot, available = _modules(profile, release)
+    tree, boot, available = _modules(profile, kernel_tree.modules_dir)
     sources = tree.sources([*boot, *available]) if tree else []
     key = digest(_INITRAMFS_FORMAT, PROTO_VERSION, release, agent, busybox, *boot, "", *available, *sources)
 

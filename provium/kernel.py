@@ -10,6 +10,7 @@ modules.dep (and modules.alias, modules.symbols, modules.builtin) written for
 exactly those, so that busybox modprobe, modprobe -r and modinfo work in it.
 """
 
+import functools
 import gzip
 import lzma
 import os
@@ -79,6 +80,26 @@ def extract_vmlinux(image):
                 return payload
             start = image.find(magic, start + 1)
     raise ImageError("no compressed ELF kernel (xz, zstd, gzip or lz4) found in the kernel image")
+
+
+@functools.lru_cache(maxsize=None)
+def image_release(path: Path) -> str:
+    """The release of a kernel file, read cheaply: a bzImage names it in its setup header (the
+    kernel_version string), an ELF vmlinux in its banner; else from the unpacked payload."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read kernel {path}: {exc.strerror}") from None
+    if data[0x202:0x206] == b"HdrS":
+        pointer = int.from_bytes(data[0x20E:0x210], "little")
+        if pointer:
+            version = data[pointer + 0x200:pointer + 0x300].split(b"\0")[0].split()
+            if version:
+                return version[0].decode(errors="replace")
+    try:
+        return release_of(data if data.startswith(ELF_MAGIC) else extract_vmlinux(data))
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
 
 
 def release_of(vmlinux):

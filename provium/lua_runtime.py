@@ -16,9 +16,10 @@ from pathlib import Path
 
 import lupa.lua54 as lua
 
-from . import deadline
+from . import deadline, kernels
 from .errors import DeadlineError, ProviumError
 from .fixtures import BuildResult
+from .profile_build import Preparer
 from .vm import Disk, GuestCrash, Pointer, Timeouts, Vm, format_console_tail
 
 PRELUDE_NAME = b"provium"
@@ -27,6 +28,10 @@ PRELUDE = resources.files("provium").joinpath("lua/prelude.lua").read_text()
 
 class Interrupted(BaseException):
     """Raised through Lua when the user interrupts the run."""
+
+
+class NotHere(ProviumError):
+    """The test cannot run on this kernel (it lacks options the test needs): the test is skipped."""
 
 
 def _lua_value(value):
@@ -77,6 +82,8 @@ class FileOptions:
     artifacts: Path | None = None
     should_stop: object = lambda: False  # true once the run stops early (--fail-fast): skip the rest
     scratch: Path | None = None  # the run's scratch directory: provium.path("@tmp"), where files may write
+    preparer: Preparer | None = None  # the run's; None: one of the file's own
+    aliases: tuple = ()  # (NAME, PROFILE) pairs: provium.create(NAME) boots PROFILE (a --matrix cell)
 
 
 # What bridge ops answer while only listing (nothing boots); the default is no values.
@@ -131,6 +138,8 @@ class LuaFile:
         self.snapshot_root = snapshot_root
         self.required_files = {}
         self.fixture_deps = {}
+        self.preparer = options.preparer or Preparer(cache)
+        self._build_dirs = set()  # build directories of the profiles this file prepared: readable
         self._vms = {}
         self._workers = {}
         self._next_handle = 1
@@ -170,6 +179,8 @@ class LuaFile:
                 if name.startswith("vm_") and args:
                     self._stuck_vm = args[0]
                 return False, self._timeout_message().encode()
+            except NotHere as exc:
+                return False, str(exc).encode(), b"skip"
             except ProviumError as exc:
                 return False, str(exc).encode()
             except Exception as exc:  # a bug in provium: say so rather than pass for a test failure
@@ -185,7 +196,7 @@ class LuaFile:
             source = self.path.read_bytes()
         except OSError as exc:
             return {"outcome": "error", "message": f"cannot read {self.display_name}: {exc.strerror}"}, None
-        failure, handle = self._run_source(source, b"@" + self.display_name.encode())
+        failure, handle = self._run_source(source, b"@" + display_name(self.path).encode())  # file:line, no [cell]
         return (dict(failure) if failure is not None else None), handle
 
     def run(self):
@@ -199,10 +210,14 @@ class LuaFile:
         finally:
             self._stop_vms(self._vms)
 
+    def _test_deadline_now(self):
+        """The running test's deadline, moved by the time spent preparing profiles since it began."""
+        return self._test_deadline + deadline.suspended_seconds() - self._test["suspended"]
+
     def _timeout_message(self):
         where = f" in {self._op}" if self._op else " in Lua code"
         if self._test is not None and self._test_deadline is not None and \
-                self._test_deadline <= time.monotonic() + 0.001:
+                self._test_deadline_now() <= time.monotonic() + 0.001:
             return f"test {self._test['name']!r} timed out after {self._test['timeout']:.0f} s{where}"
         return f"{self.display_name} timed out after {self.options.file_timeout:.0f} s{where}"
 
@@ -261,8 +276,19 @@ class LuaFile:
         self._vms[handle] = vm
         if self._test is not None:
             self._test["vms"].append(handle)
+            reason = self._lacks(vm)
+            if reason:
+                raise NotHere(reason)
         self._allow_warnings([vm])
         return handle
+
+    def _lacks(self, vm):
+        """Why the running test cannot run on the VM's kernel (options it needs are off), or None."""
+        if not self._test["kconfig"]:
+            return None
+        tree = self.preparer.prepare(vm.profile).kernel
+        missing = kernels.missing_options(tree, self._test["kconfig"])
+        return missing and f"needs kernel options that {tree.release} lacks: {', '.join(missing)}"
 
     def _allow_warnings(self, vms):
         """Kernel warnings are allowed on a VM whose profile allows them, and during a test that does."""
@@ -270,9 +296,16 @@ class LuaFile:
         for vm in vms:
             vm.allow_warnings = allowed or vm.profile.allow_warnings
 
+    def _profile(self, name):
+        """The profile `name` stands for in this run (a --matrix cell maps names), prepared to boot."""
+        name = dict(self.options.aliases).get(name, name)
+        prepared = self.preparer.prepare(self.config.profile(name))
+        self._build_dirs.add(Path(os.path.realpath(prepared.build_dir)))
+        return prepared
+
     def _op_create(self, profile):
         handle = self._new_handle()
-        return self._add_vm(handle, Vm(self.config.profile(_text(profile)), self.cache,
+        return self._add_vm(handle, Vm(self._profile(_text(profile)).profile, self.cache,
                                        snapshot_dir=self._snapshot_dir(handle), timeouts=self.options.timeouts))
 
     def _op_fixture(self, name):
@@ -312,10 +345,10 @@ class LuaFile:
         path = Path(os.path.realpath(self.path.parent / text))
         scratch = self.options.scratch and Path(os.path.realpath(self.options.scratch))
         root = Path(os.path.realpath(self.config.root))
-        allowed = [scratch] if write else [root, scratch]
+        allowed = [scratch] if write else [root, scratch, *self._build_dirs]
         if not any(base and (path == base or base in path.parents) for base in allowed):
             where = "the scratch directory (provium.path(\"@tmp\"))" if write else \
-                "the suite root or the scratch directory"
+                "the suite root or the scratch directory (or a prepared profile's build directory)"
             raise ProviumError(f"{what} {text!r} is outside {where}: {path}")
         return path
 
@@ -325,13 +358,20 @@ class LuaFile:
             self.required_files[path] = True
         return str(path).encode()
 
-    def _op_path(self, name):
+    def _op_path(self, name, profile=None):
         name = _text(name)
+        if (profile is None) != (name != "@build"):
+            raise ProviumError(f"provium.path: {name!r} takes a profile name only with @build: "
+                               f"provium.path(\"@build\", PROFILE)")
         if name == "@tmp" and self.options.scratch:
             return str(self.options.scratch).encode()
         if name == "@root":
             return str(self.config.root).encode()
-        raise ProviumError(f"provium.path: unknown anchor {name!r} (known: @root, @tmp)")
+        if name == "@build":
+            if self.options.collect_only:  # listing prepares nothing
+                return str(self.config.root / "@build" / _text(profile)).encode()
+            return str(self._profile(_text(profile)).build_dir).encode()
+        raise ProviumError(f"provium.path: unknown anchor {name!r} (known: @build, @root, @tmp)")
 
     def _op_vm_boot(self, handle, memory, cpus, files, disks):
         checked = []
@@ -420,7 +460,7 @@ class LuaFile:
             return self._timeout_message().encode()
         return None
 
-    def _op_begin_test(self, name, where, timeout, allow_warnings=False):
+    def _op_begin_test(self, name, where, timeout, allow_warnings=False, kconfig=None):
         name = _text(name)
         keyword = self.options.keyword
         if keyword and keyword not in name and keyword not in self.display_name:
@@ -433,7 +473,8 @@ class LuaFile:
         timeout = self.options.test_timeout if timeout is None else timeout * self.options.slowdown
         started = time.monotonic()
         self._test = {"name": name, "where": _text(where), "started": started, "vms": [], "timeout": timeout,
-                      "allow_warnings": bool(allow_warnings)}
+                      "allow_warnings": bool(allow_warnings), "suspended": deadline.suspended_seconds(),
+                      "kconfig": [_text(kconfig[i]) for i in range(1, len(kconfig or {}) + 1)]}
         self._allow_warnings(self._vms.values())
         self._test_deadline = started + timeout
         self._test_scope = deadline.until(self._test_deadline)
@@ -441,12 +482,16 @@ class LuaFile:
         self._output = []
         self._stuck_vm = None
         self.on_test_start(name)
+        for vm in self._vms.values():  # the file's own VMs are already running some kernel
+            reason = self._lacks(vm)
+            if reason:
+                return True, reason
         return True
 
     def _op_end_test(self, result):
         test, self._test = self._test, None
         self._test_scope.__exit__(None, None, None)
-        timed_out = self._test_deadline <= time.monotonic()
+        timed_out = self._test_deadline + deadline.suspended_seconds() - test["suspended"] <= time.monotonic()
         self._test_deadline = None
         data = {_text(k): _text(v) for k, v in dict(result).items()}
         for vm in list(self._vms.values()):
@@ -518,5 +563,6 @@ def build_fixture(fixtures, name, path, build_dir):
     """Run fixtures/NAME.lua in its own runtime (Fixtures' script runner)."""
     lua = LuaFile(path, display_name(path), fixtures.config, fixtures.cache, on_test=lambda _: None,
                   fixtures=fixtures, snapshot_root=build_dir,
-                  options=FileOptions(timeouts=fixtures.timeouts, scratch=fixtures.options.scratch))
+                  options=FileOptions(timeouts=fixtures.timeouts, scratch=fixtures.options.scratch,
+                                      preparer=fixtures.preparer, aliases=fixtures.options.aliases))
     return lua.build_fixture()

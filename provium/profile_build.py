@@ -1,49 +1,99 @@
-"""Profile build steps: the `build` command of a profile, run once before any VM boots.
+"""Preparing a profile for a run: its kernel, fetched or built on first use, then its build step.
 
-A kernel-module suite builds its modules against the guest kernel here. The
-command runs in the suite root through /bin/sh with the guest kernel described
-in PROVIUM_* variables; a failure stops the run with the command's output.
+A kernel-module suite builds its modules against the guest kernel in a
+profile's `build` step: a shell command run in the suite root through /bin/sh,
+with the kernel described in PROVIUM_* variables and an output directory of its
+own per profile and kernel (PROVIUM_BUILD_DIR), so that a matrix never boots one
+kernel's module on another. A profile is prepared once per run, on its first
+use, however many files ask at once; the time it takes is not a test's (see
+deadline.suspended). A failure is remembered and fails every later use.
 """
 
 import os
 import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-from . import images
-from .errors import ConfigError, ImageError
+from . import deadline, images, kernels
+from .cache import Cache, digest, locked
+from .config import Profile
+from .errors import ConfigError, ProviumError
+from .kernels import KernelTree
 
 BUILD_TIMEOUT = 900.0
 
 
-def build_environment(config, profile, cache):
-    boot = images.prepare(profile, cache)
-    return {
-        **os.environ,
-        "PROVIUM_PROFILE": profile.name,
-        "PROVIUM_ROOT": str(config.root),
-        "PROVIUM_KERNEL": str(profile.kernel),
-        "PROVIUM_KERNEL_RELEASE": boot.release,
-        "PROVIUM_MODULES_DIR": str(images.modules_dir(profile, boot.release)),
-    }
+@dataclass(frozen=True)
+class Prepared:
+    """A profile ready to boot: its kernel and the directory its build step wrote to."""
+
+    profile: Profile
+    kernel: KernelTree
+    build_dir: Path
 
 
-def run_builds(config, cache, report):
-    """Run the build command of every profile of the suite that has one; report(line) says what runs."""
-    for name in sorted(config.raw_profiles):
-        profile = config.profile(name)
-        if not profile.build:
-            continue
-        report(f"building profile {name!r}: {profile.build}")
+class Preparer:
+    """Prepares profiles for one run (one per run: a build step runs once in it)."""
+
+    def __init__(self, cache: Cache, report: Callable[[str], None] = lambda line: None):
+        self.cache = cache
+        self.report = report
+        self._done: dict[Profile, Prepared | ProviumError] = {}
+        self._locks: dict[Profile, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def prepare(self, profile: Profile) -> Prepared:
+        """The profile ready to boot, its kernel fetched or built and its build step run (once)."""
+        with self._lock:
+            lock = self._locks.setdefault(profile, threading.Lock())
+        with lock:
+            if profile not in self._done:
+                try:
+                    with deadline.suspended():
+                        self._done[profile] = self._prepare(profile)
+                except ProviumError as exc:
+                    self._done[profile] = exc
+            done = self._done[profile]
+        if isinstance(done, ProviumError):
+            raise done
+        return done
+
+    def _prepare(self, profile):
+        where = f"{profile.source}: profile {profile.name!r}"
         try:
-            env = build_environment(config, profile, cache)
-        except ImageError as exc:
-            raise ConfigError(f"{config.path}: profile {name!r}: {exc}") from None
+            tree = kernels.resolve(profile, self.cache, self.report)
+        except ConfigError:
+            raise
+        except ProviumError as exc:
+            raise ConfigError(f"{where}: kernel: {exc}") from None
+        if not profile.kernel_at_hand:  # module names could not be checked before the kernel was here
+            images.check_modules(profile, self.cache)
+        build_dir = self.cache.root / "builds" / digest(str(profile.root), profile.name, tree.release, str(tree.image))
+        build_dir.mkdir(parents=True, exist_ok=True)
+        if profile.build:
+            with locked(build_dir):  # another provium process may build the same
+                self._run_build(profile, tree, build_dir, where)
+        return Prepared(profile, tree, build_dir)
+
+    def _run_build(self, profile, tree, build_dir, where):
+        self.report(f"building profile {profile.name!r} for {tree.release}: {profile.build}")
+        env = {
+            **os.environ,
+            "PROVIUM_PROFILE": profile.name,
+            "PROVIUM_ROOT": str(profile.root),
+            "PROVIUM_KERNEL": str(tree.image),
+            "PROVIUM_KERNEL_RELEASE": tree.release,
+            "PROVIUM_MODULES_DIR": str(tree.modules_dir),
+            "PROVIUM_BUILD_DIR": str(build_dir),
+        }
         try:
-            result = subprocess.run(profile.build, shell=True, cwd=config.root, capture_output=True, text=True,
+            result = subprocess.run(profile.build, shell=True, cwd=profile.root, capture_output=True, text=True,
                                     env=env, timeout=BUILD_TIMEOUT)
         except subprocess.TimeoutExpired:
-            raise ConfigError(f"{config.path}: profile {name!r}: build did not finish within "
-                              f"{BUILD_TIMEOUT:.0f} s: {profile.build}") from None
+            raise ConfigError(f"{where}: build did not finish within {BUILD_TIMEOUT:.0f} s: "
+                              f"{profile.build}") from None
         if result.returncode != 0:
             output = "\n".join((result.stdout + result.stderr).strip().splitlines()[-40:])
-            raise ConfigError(f"{config.path}: profile {name!r}: build failed (exit {result.returncode}): "
-                              f"{profile.build}\n{output}")
+            raise ConfigError(f"{where}: build failed (exit {result.returncode}): {profile.build}\n{output}")

@@ -93,9 +93,49 @@ def parse_shard(text):
     return k, n
 
 
-def shard(files, k, n):
-    """The files of shard K of N: a stable partition by each file's name, not by the list it came in."""
-    return [f for f in files if int(hashlib.sha256(display_name(f).encode()).hexdigest(), 16) % n == k - 1]
+@dataclass(frozen=True)
+class RunItem:
+    """One run of a test file; in a matrix, one per profile the matrix name stands for."""
+
+    path: str
+    aliases: tuple = ()  # ((NAME, PROFILE),): provium.create(NAME) boots PROFILE
+
+    @property
+    def name(self) -> str:
+        """How the run is named in every report: file.lua, or file.lua[PROFILE] in a matrix."""
+        return display_name(self.path) + "".join(f"[{profile}]" for _, profile in self.aliases)
+
+
+def parse_matrix(text):
+    """'NAME=P1,P2' -> (NAME, [P1, P2])."""
+    name, _, profiles = text.partition("=")
+    values = [p for p in profiles.split(",") if p]
+    if not name or not values:
+        raise ConfigError(f"--matrix {text!r}: expected NAME=PROFILE,PROFILE,... such as kernel=stock,lts")
+    return name, values
+
+
+def items(files, configs, matrix=None):
+    """The runs of `files`: one each, or one per profile of the matrix (--matrix, else the file's
+    suite's [matrix]); every profile named must exist."""
+    out = []
+    for path in files:
+        config = configs[path]
+        name, profiles = matrix or next(iter(config.matrix.items()), (None, None))
+        if name is None:
+            out.append(RunItem(path))
+            continue
+        for profile in profiles:
+            if profile not in config.profile_names():
+                where = "--matrix" if matrix else f"{config.path}: [matrix]"
+                raise ConfigError(f"{where}: unknown profile {profile!r} (known: {', '.join(config.profile_names())})")
+            out.append(RunItem(path, ((name, profile),)))
+    return out
+
+
+def shard(runs, k, n):
+    """The runs of shard K of N: a stable partition by each run's name, not by the list it came in."""
+    return [run for run in runs if int(hashlib.sha256(run.name.encode()).hexdigest(), 16) % n == k - 1]
 
 
 _DETAIL_KEYS = ("expected", "actual", "haystack", "needle")
@@ -156,30 +196,32 @@ def suites(files, default):
     return out
 
 
-def run(files, configs, cache, reporter, options_for=lambda config: FileOptions(), jobs=1, fail_fast=False,
+def run(runs, configs, cache, reporter, options_for=lambda config: FileOptions(), jobs=1, fail_fast=False,
         interrupted=lambda: False):
-    """Run the files on `jobs` threads; returns the Summary. Results are in file order.
+    """Run the RunItems on `jobs` threads; returns the Summary. Results are in the order given.
 
     configs: {file: Config} (see suites()); options_for(config) gives a suite's FileOptions.
+    Fixtures are per suite and matrix cell: a fixture is built for each kernel it runs on.
     """
-    summary = Summary(files=[display_name(f) for f in files])
+    summary = Summary(files=[item.name for item in runs])
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="provium-run-"))
-    per_suite = {}
-    for config in configs.values():
-        if config.root not in per_suite:
-            options = replace(options_for(config), scratch=scratch)
-            per_suite[config.root] = (options, Fixtures(config, cache, build_fixture, options))
-    names = {f: display_name(f) for f in files}
-    ordered = _InOrder([names[f] for f in files], reporter)
+    per_cell = {}
+    for item in runs:
+        config = configs[item.path]
+        if (config.root, item.aliases) not in per_cell:
+            options = replace(options_for(config), scratch=scratch, aliases=item.aliases)
+            per_cell[config.root, item.aliases] = (options, Fixtures(config, cache, build_fixture, options))
+    names = {item: item.name for item in runs}
+    ordered = _InOrder([names[item] for item in runs], reporter)
     lock = threading.Lock()
     stop = threading.Event()
 
     def stopped():
         return stop.is_set() or interrupted()
 
-    def run_file(path):
-        name = names[path]
+    def run_file(item):
+        name, path = names[item], item.path
         if stopped():
             ordered.finish(name)
             return
@@ -198,7 +240,7 @@ def run(files, configs, cache, reporter, options_for=lambda config: FileOptions(
             if fail_fast and result.outcome in ("failed", "error"):
                 stop.set()
 
-        options, fixtures = per_suite[configs[path].root]
+        options, fixtures = per_cell[configs[path].root, item.aliases]
         try:
             LuaFile(path, name, configs[path], cache, on_test, interrupted, fixtures=fixtures,
                     options=replace(options, should_stop=stopped), on_test_start=on_test_start).run()
@@ -208,13 +250,13 @@ def run(files, configs, cache, reporter, options_for=lambda config: FileOptions(
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="provium-file") as pool:
-            pending = {pool.submit(run_file, f) for f in files}
+            pending = {pool.submit(run_file, item) for item in runs}
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 for future in done:
                     future.result()
     finally:
-        for _, fixtures in per_suite.values():
+        for _, fixtures in per_cell.values():
             fixtures.close()
         shutil.rmtree(scratch, ignore_errors=True)
     order = {name: i for i, name in enumerate(summary.files)}

@@ -21,12 +21,12 @@ from provium.vm import Vm
 
 @pytest.mark.parametrize("toml, message", [
     ("[profiles.x\n", "provium.toml: syntax error: Expected ']' at the end of a table declaration (at line 1, column 12)"),
-    ("[profiles.x]\nkernal = \"k\"\n", "provium.toml: profile 'x': key 'kernal': unknown key (allowed: allow_warnings, available_modules, build, cmdline, cpus, initrd, kernel, memory, modules, modules_dir, qemu_args)"),
+    ("[profiles.x]\nkernal = \"k\"\n", "provium.toml: profile 'x': key 'kernal': unknown key (allowed: allow_warnings, available_modules, build, cmdline, cpus, initrd, kconfig, kernel, kernel_source, memory, modules, modules_dir, qemu_args)"),
     ("[profiles.x]\ncpus = \"two\"\n", "provium.toml: profile 'x': key 'cpus': must be an integer, not str"),
     ("[profiles.x]\nmemory = 512\n", "provium.toml: profile 'x': key 'memory': must be a string, not int"),
     ("[profiles.x]\nkernel = \"missing/bzImage\"\n", "provium.toml: profile 'x': key 'kernel': file not found: {root}/missing/bzImage"),
     ("[profiles.x]\ninitrd = \"missing.cpio\"\n", "provium.toml: profile 'x': key 'initrd': file not found: {root}/missing.cpio"),
-    ("[profile.x]\n", "provium.toml: unknown top-level key 'profile' (allowed: fixtures, profiles, run)"),
+    ("[profile.x]\n", "provium.toml: unknown top-level key 'profile' (allowed: fixtures, matrix, profiles, run)"),
     ("[run]\ntest_timeout = -5\n", "provium.toml: [run]: key 'test_timeout': must be a positive number of seconds, not -5"),
 ])
 def test_configuration_errors_are_one_line_and_exit_2(suite, toml, message):

@@ -18,20 +18,27 @@ def test_every_example_passes_from_the_repository_root(suite):
     result = suite.run("run", "examples/", cwd=REPO, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == f"{count_tests(EXAMPLES)} passed, 0 failed, 0 skipped"
-    assert "building profile 'kmod': make -s -C module" in result.stdout
+    assert re.search(r"building profile 'kmod' for \S+: make -s -C module", result.stdout), result.stdout
     assert suite.qemu_pids() == []
 
 
-def test_a_module_that_does_not_compile_stops_the_run_with_the_compiler_output(suite):
+def test_a_module_that_does_not_compile_fails_the_tests_that_use_it_with_the_compiler_output(suite):
     copy = suite.root / "kmod"
     shutil.copytree(EXAMPLES / "kmod", copy, ignore=shutil.ignore_patterns("*.ko", "*.o", "*.mod*", ".*.cmd"))
     source = copy / "module" / "provium_kv.c"
     source.write_text(source.read_text().replace("static DEFINE_MUTEX(pkv_lock);", "static DEFINE_MUTEX(pkv_lock)"))
-    result = suite.run("run", "tests/", cwd=copy, timeout=300)
-    assert result.returncode == 2
-    assert "profile 'kmod': build failed (exit 2): make -s -C module" in result.stderr
-    assert re.search(r"provium_kv\.c:\d+:\d+: error", result.stderr), result.stderr
-    assert "passed" not in result.stdout, "no test ran"
+    (copy / "tests" / "other.lua").write_text('test("a test on another profile runs", function()\n'
+                                               '  assert(provium.create("minimal"))\nend)\n')
+    result = suite.run("run", "tests/", "--json", "events.json", cwd=copy, timeout=300)
+    out = result.stdout
+    assert result.returncode == 1
+    assert out.count("building profile 'kmod'") == 1, "built once, however many tests ask"
+    assert "profile 'kmod': build failed (exit 2): make -s -C module" in out
+    assert re.search(r"provium_kv\.c:\d+:\d+: error", out), out
+    assert re.search(r"ok +a test on another profile runs", out)
+    tests = count_tests(copy)
+    assert out.splitlines()[-1] == f"1 passed, {tests - 1} failed, 0 skipped"
+    assert (copy / "events.json").read_text().splitlines()[-1].startswith('{"time"'), "the reports are written"
     assert suite.qemu_pids() == []
 
 
@@ -49,7 +56,7 @@ def test_fixtures_build_on_a_clean_checkout_runs_the_profile_build_first(suite):
     cache = {"XDG_CACHE_HOME": str(suite.root / "cache")}
     built = suite.run("fixtures", "build", cwd=copy, env=cache, timeout=600)
     assert built.returncode == 0, built.stdout + built.stderr
-    assert "building profile 'kmod': make -s -C module" in built.stdout
+    assert re.search(r"provium: building profile 'kmod' for \S+: make -s -C module", built.stderr), built.stderr
     assert re.search(r"^kmod: [0-9a-f]{32}/[0-9a-f]{32} \(\d+\.\d+ s\)$", built.stdout, re.M), built.stdout
     run = suite.run("run", "tests/", "-k", "SET then", cwd=copy, env=cache, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -4,7 +4,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 
-from provium.runner import parse_shard, shard
+from provium.runner import RunItem, parse_shard, shard
 
 SHARED = 'local vm = provium.create("minimal")\nvm:boot{memory = "256M"}\n'
 
@@ -127,11 +127,12 @@ def test_selection_list_and_fail_fast(suite):
     assert fast.stdout.splitlines()[-1] == "1 passed, 1 failed, 0 skipped"
 
 
-def test_shards_cover_every_file_exactly_once():
-    files = [f"suite/dir{i % 3}/test_{i}.lua" for i in range(40)]
+def test_shards_cover_every_run_exactly_once():
+    files = [RunItem(f"suite/dir{i % 3}/test_{i}.lua", (("kernel", p),) if i % 2 else ())
+             for i, p in zip(range(40), ["a", "b"] * 20)]
     for n in (1, 2, 3, 7):
         parts = [shard(files, k, n) for k in range(1, n + 1)]
-        assert sorted(f for part in parts for f in part) == sorted(files)
+        assert sorted(f.name for part in parts for f in part) == sorted(f.name for f in files)
         assert sum(len(p) for p in parts) == len(files)
     assert shard(files[::-1], 2, 3) == shard(files, 2, 3)[::-1], "membership does not depend on order"
     assert parse_shard("2/4") == (2, 4)

@@ -23,10 +23,14 @@ local function where(level)
   return "?"
 end
 
--- Calls a bridge function; raises its error message at the API caller's line.
+local Todo = {__metatable = false}
+
+-- Calls a bridge function; raises its error message at the API caller's line (or skips the
+-- test, when the bridge says the test cannot run here).
 local function call(fn, ...)
   local result = table.pack(fn(...))
   if not result[1] then
+    if result[3] == "skip" then error(setmetatable({reason = result[2]}, Todo), 0) end
     error(result[2], 3)
   end
   return table.unpack(result, 2, result.n)
@@ -456,9 +460,10 @@ function provium.shutdown_all()
   call(bridge.shutdown_all)
 end
 
-function provium.path(name)
+function provium.path(name, profile)
   check("provium.path", 1, "name", name, "string")
-  return call(bridge.path, name)
+  check("provium.path", 2, "profile", profile, "string", true)
+  return call(bridge.path, name, profile)
 end
 
 local loaded = {}
@@ -695,7 +700,6 @@ end
 
 ---------------------------------------------------------------- tests
 
-local Todo = {__metatable = false}
 local current_test = nil
 
 function todo(reason)
@@ -736,14 +740,26 @@ function test(name, opts, fn)
   check("test", 1, "name", name, "string")
   check("test", 2, "opts", opts, "table")
   check("test", fn_index, "fn", fn, "function")
-  known_options("test", opts, {timeout = true, allow_warnings = true})
+  known_options("test", opts, {timeout = true, allow_warnings = true, kconfig = true})
   check("test", 2, "opts.timeout", opts.timeout, "number", true)
   check("test", 2, "opts.allow_warnings", opts.allow_warnings, "boolean", true)
+  check("test", 2, "opts.kconfig", opts.kconfig, "table", true)
+  for i, option in ipairs(opts.kconfig or {}) do
+    if type(option) ~= "string" then
+      error("test: argument 2 (opts.kconfig) must list option names, entry " .. i .. " is a " .. type(option), 2)
+    end
+  end
   if current_test ~= nil then
     error("test(): cannot nest test '" .. name .. "' inside test '" .. current_test .. "'", 2)
   end
-  if not call(bridge.begin_test, name, where(2), opts.timeout, opts.allow_warnings == true) then
+  local started, skip = call(bridge.begin_test, name, where(2), opts.timeout, opts.allow_warnings == true,
+    opts.kconfig or {})
+  if not started then
     return -- deselected, or only listing
+  end
+  if skip then -- a VM of the file already runs a kernel without the options
+    call(bridge.end_test, {outcome = "skipped", message = skip})
+    return
   end
   current_test = name
   local ok, result = xpcall(fn, on_error)
