@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import __version__, config as config_mod, images, qemu, runner
+from . import __version__, config as config_mod, images, kernels, qemu, runner
 from .cache import Cache
 from .errors import ConfigError, ProviumError
 from .fixtures import FixtureError, Fixtures
@@ -60,6 +60,14 @@ def build_parser():
     build = actions.add_parser("build", help="build fixtures now (default: every fixtures/*.lua)")
     build.add_argument("names", nargs="*", metavar="NAME")
     actions.add_parser("clean", help="delete every cached fixture")
+    kernel = commands.add_parser("kernel", help="fetch, build or list the suite's kernels",
+                                 description="Kernels provium fetches from the archive or builds from source.")
+    kernel_actions = kernel.add_subparsers(dest="action", metavar="ACTION", required=True)
+    kernel_build = kernel_actions.add_parser(
+        "build", help="fetch or build now, and run the build steps (default: every profile whose "
+                      "kernel provium fetches or builds)")
+    kernel_build.add_argument("profiles", nargs="*", metavar="PROFILE")
+    kernel_actions.add_parser("list", help="cached kernels: profiles, release, source, size")
     return parser
 
 
@@ -200,11 +208,36 @@ def _fixtures_action(args, config, fixtures):
     return EXIT_OK
 
 
+def cmd_kernel(args):
+    config = config_mod.load()
+    named = getattr(args, "profiles", [])
+    profiles = [config.profile(name) for name in named or config.profile_names()]
+    if args.action == "list":
+        users = {}
+        for profile in profiles:
+            users.setdefault(kernels.origin(profile), []).append(profile.name)
+        print(f"{'PROFILES':<24} {'RELEASE':<32} {'SIZE':>8}  SOURCE")
+        for record in kernels.cached(Cache()):
+            names = ",".join(users.get(record["source"], [])) or "-"
+            print(f"{names:<24} {record['release']:<32} {record['bytes'] / 1048576:>7.0f}M  {record['source']}")
+        return EXIT_OK
+    preparer = Preparer(Cache(), _notice)
+    for profile in profiles:
+        if named or not profile.kernel_at_hand:
+            started = time.monotonic()
+            prepared = preparer.prepare(profile)
+            print(f"{profile.name}: {prepared.kernel.release} ({kernels.origin(profile)}, "
+                  f"{time.monotonic() - started:.1f} s)")
+    return EXIT_OK
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         if args.command == "fixtures":
             return cmd_fixtures(args)
+        if args.command == "kernel":
+            return cmd_kernel(args)
         return cmd_run(args)
     except ConfigError as exc:
         print(f"provium: {exc}", file=sys.stderr)

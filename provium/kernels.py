@@ -8,14 +8,17 @@ the kbuild tree out-of-tree modules are built against.
 """
 
 import functools
+import json
+import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import kernel
-from .cache import Cache
-from .config import Profile
+from .cache import Cache, digest
+from .config import ARCHIVE, Profile
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,41 @@ def resolve(profile: Profile, cache: Cache, report: Callable[[str], None] = lamb
     with lock:
         if key not in _resolved:
             _resolved[key] = _fetch_or_build(profile, cache, report)
+            if not profile.kernel_at_hand:
+                _remember(cache, origin(profile), _resolved[key])
         return _resolved[key]
+
+
+def origin(profile: Profile) -> str:
+    """Where the profile's kernel comes from, as `provium kernel list` shows it."""
+    if profile.kernel_source:
+        return f"{profile.kernel_source} + {','.join(Path(f).name for f in profile.kconfig)}"
+    return f"{ARCHIVE}{profile.kernel_package}" if profile.kernel_package else str(profile.kernel)
+
+
+def _remember(cache, source, tree):
+    """Note a fetched or built kernel in the cache's index, for `provium kernel list`."""
+    size = tree.image.stat().st_size + sum(p.stat().st_size for p in tree.modules_dir.rglob("*") if p.is_file())
+    record = {"source": source, "release": tree.release, "image": str(tree.image.relative_to(cache.root)),
+              "bytes": size, "time": time.time()}
+    index = cache.root / "kernels" / "index"
+    index.mkdir(parents=True, exist_ok=True)
+    tmp = index / f".{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, index / f"{digest(source)}.json")
+
+
+def cached(cache: Cache) -> list[dict]:
+    """The fetched and built kernels the cache holds: source, release, image, bytes, time."""
+    records = []
+    for path in sorted((cache.root / "kernels" / "index").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a damaged note hides one row, nothing else
+        if (cache.root / record.get("image", "")).is_file():
+            records.append(record)
+    return records
 
 
 def _fetch_or_build(profile, cache, report):
