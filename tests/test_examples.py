@@ -2,6 +2,7 @@
 
 import re
 import shutil
+import xml.etree.ElementTree as ET
 
 from conftest import REPO
 
@@ -19,6 +20,25 @@ def test_every_example_passes_from_the_repository_root(suite):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == f"{count_tests(EXAMPLES)} passed, 0 failed, 0 skipped"
     assert re.search(r"building profile 'kmod' for \S+: make -s -C module", result.stdout), result.stdout
+    assert suite.qemu_pids() == []
+
+
+def test_the_module_suite_runs_on_two_kernels_through_a_matrix(suite):
+    """The stock kernel and Debian's 6.12 cloud kernel from the archive: a .ko built for each."""
+    kmod = EXAMPLES / "kmod"
+    result = suite.run("run", "--matrix", "kmod=kmod,kmod-6.12", "--junit", str(suite.root / "junit.xml"),
+                       str(kmod / "tests"), cwd=REPO, timeout=1200)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    per_kernel = count_tests(kmod)
+    assert out.splitlines()[-1] == f"{2 * per_kernel} passed, 0 failed, 0 skipped"
+    for profile in ("kmod", "kmod-6.12"):
+        assert re.search(rf"^examples/kmod/tests/ioctls\.lua\[{re.escape(profile)}\]$", out, re.M), out
+    releases = set(re.findall(r"building profile 'kmod(?:-6\.12)?' for (\S+):", out))
+    assert len(releases) == 2 and any(r.startswith("6.12.") for r in releases), releases
+    suites = ET.parse(suite.root / "junit.xml").getroot().findall("testsuite")
+    assert sorted(s.get("name") for s in suites) == sorted(
+        f"examples/kmod/tests/{f}.lua[{p}]" for f in ("ioctls", "module") for p in ("kmod", "kmod-6.12"))
     assert suite.qemu_pids() == []
 
 
