@@ -46,9 +46,10 @@ def resolve(profile: Profile, cache: Cache, report: Callable[[str], None] = lamb
         lock = _locks.setdefault(key, threading.Lock())
     with lock:
         if key not in _resolved:
+            started = time.monotonic()
             _resolved[key] = _fetch_or_build(profile, cache, report)
             if not profile.kernel_at_hand:
-                _remember(cache, origin(profile), _resolved[key])
+                _remember(cache, origin(profile), _resolved[key], time.monotonic() - started)
         return _resolved[key]
 
 
@@ -59,20 +60,27 @@ def origin(profile: Profile) -> str:
     return f"{ARCHIVE}{profile.kernel_package}" if profile.kernel_package else str(profile.kernel)
 
 
-def _remember(cache, source, tree):
-    """Note a fetched or built kernel in the cache's index, for `provium kernel list`."""
+def _remember(cache, source, tree, seconds):
+    """Note a fetched or built kernel in the cache's index, for `provium kernel list`, with the time
+    its fetch or build took (kept from the first time this image was seen)."""
     size = tree.image.stat().st_size + sum(p.stat().st_size for p in tree.modules_dir.rglob("*") if p.is_file())
     record = {"source": source, "release": tree.release, "image": str(tree.image.relative_to(cache.root)),
-              "bytes": size, "time": time.time()}
+              "bytes": size, "time": time.time(), "seconds": seconds}
     index = cache.root / "kernels" / "index"
     index.mkdir(parents=True, exist_ok=True)
+    try:
+        known = json.loads((index / f"{digest(source)}.json").read_text())
+        if known.get("image") == record["image"]:
+            record["seconds"] = known.get("seconds", seconds)
+    except (OSError, ValueError):
+        pass
     tmp = index / f".{os.getpid()}.tmp"
     tmp.write_text(json.dumps(record))
     os.replace(tmp, index / f"{digest(source)}.json")
 
 
 def cached(cache: Cache) -> list[dict]:
-    """The fetched and built kernels the cache holds: source, release, image, bytes, time."""
+    """The fetched and built kernels the cache holds: source, release, image, bytes, time, seconds."""
     records = []
     for path in sorted((cache.root / "kernels" / "index").glob("*.json")):
         try:
