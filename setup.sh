@@ -10,6 +10,9 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
 packages="qemu-system-x86 qemu-utils busybox-static gcc libc6-dev make util-linux"
+# Building kernels from source (a profile's kernel_source): kbuild's tools, depmod, and xz for
+# the tarball of an apt:linux-source-* package.
+packages="$packages flex bison bc libelf-dev libssl-dev lz4 cpio kmod dwarves xz-utils"
 python3 -c 'import ensurepip, venv' 2>/dev/null || packages="$packages python3-venv"
 
 # provium's built-in profile wants /boot/vmlinuz-VERSION with /lib/modules/VERSION.

@@ -66,7 +66,7 @@ def _remember(cache, source, tree, seconds):
     size = tree.image.stat().st_size + sum(p.stat().st_size for p in tree.modules_dir.rglob("*") if p.is_file())
     record = {"source": source, "release": tree.release, "image": str(tree.image.relative_to(cache.root)),
               "bytes": size, "time": time.time(), "seconds": seconds}
-    index = cache.root / "kernels" / "index"
+    index = cache.root / "kernel-index"
     index.mkdir(parents=True, exist_ok=True)
     try:
         known = json.loads((index / f"{digest(source)}.json").read_text())
@@ -82,7 +82,7 @@ def _remember(cache, source, tree, seconds):
 def cached(cache: Cache) -> list[dict]:
     """The fetched and built kernels the cache holds: source, release, image, bytes, time, seconds."""
     records = []
-    for path in sorted((cache.root / "kernels" / "index").glob("*.json")):
+    for path in sorted((cache.root / "kernel-index").glob("*.json")):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
