@@ -42,6 +42,33 @@ def test_the_module_suite_runs_on_two_kernels_through_a_matrix(suite):
     assert suite.qemu_pids() == []
 
 
+def test_the_security_suite_runs_on_the_stock_an_archive_and_a_built_kernel(suite):
+    """The built kernel comes from Debian's 6.12 source with provium's minimal fragment (minutes, once)."""
+    security = EXAMPLES / "security"
+    cells = ("security", "security-6.12", "security-tiny")
+    result = suite.run("run", "--matrix", f"security={','.join(cells)}", str(security / "tests"), cwd=REPO,
+                       timeout=1800)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert out.splitlines()[-1] == f"{3 * count_tests(security)} passed, 0 failed, 0 skipped"
+    for cell in cells:
+        assert f"examples/security/tests/landlock.lua[{cell}]" in out
+    assert suite.qemu_pids() == []
+
+
+def test_the_lua_suite_passes_on_the_built_minimal_kernel(suite):
+    """tests/lua boots the built-in profile "minimal": a matrix maps it to the built kernel."""
+    (suite.root / "provium.toml").write_text('[profiles.tiny]\nkernel_source = "apt:linux-source-6.12"\n'
+                                             'kconfig = ["minimal"]\n')
+    shutil.copytree(REPO / "tests" / "lua", suite.root / "lua")
+    result = suite.run("run", "--matrix", "minimal=tiny", "lua/", timeout=1800)
+    files = sorted((suite.root / "lua").glob("*.lua"))
+    expected = sum(len(re.findall(r"^test\(", p.read_text(), re.M)) for p in files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == f"{expected} passed, 0 failed, 0 skipped"
+    assert suite.qemu_pids() == []
+
+
 def test_a_module_that_does_not_compile_fails_the_tests_that_use_it_with_the_compiler_output(suite):
     copy = suite.root / "kmod"
     shutil.copytree(EXAMPLES / "kmod", copy, ignore=shutil.ignore_patterns("*.ko", "*.o", "*.mod*", ".*.cmd"))
