@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import boot  # noqa: E402
 import fixtures  # noqa: E402
+import kernels  # noqa: E402
 import modules  # noqa: E402
 import ops  # noqa: E402
 import parallel  # noqa: E402
@@ -25,6 +26,8 @@ def main():
     boot.main(["--runs", "2" if quick else "7"])
     print()
     modules.main(["--quick"] if quick else ["--runs", "7"])
+    print()
+    kernels.main(["--quick"] if quick else ["--runs", "7"])
     print()
     ops.main(["--iterations", "20" if quick else "300"])
     print()

@@ -1,6 +1,7 @@
 """Shared helpers: run the provium command on Lua files written for a test."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -62,3 +63,34 @@ class Suite:
 @pytest.fixture
 def suite(tmp_path):
     return Suite(tmp_path)
+
+
+HELLO_C = """\
+#include <linux/init.h>
+#include <linux/module.h>
+
+static int __init hello_init(void) { pr_info("hello\\n"); return 0; }
+static void __exit hello_exit(void) { }
+module_init(hello_init);
+module_exit(hello_exit);
+MODULE_LICENSE("GPL");
+"""
+
+
+def build_hello(kdir, directory):
+    """A hello-world module built out of tree against the kbuild tree `kdir`; the .ko's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hello.c").write_text(HELLO_C)
+    (directory / "Kbuild").write_text("obj-m := hello.o\n")
+    result = subprocess.run(["make", "-C", str(kdir), f"M={directory}", "modules"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return directory / "hello.ko"
+
+
+def vermagic(module):
+    """The vermagic a module was built with (what the kernel checks when it loads it)."""
+    modinfo = shutil.which("modinfo", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    assert modinfo, "modinfo (package kmod) is not installed"
+    return subprocess.run([modinfo, "-F", "vermagic", str(module)], capture_output=True, text=True,
+                          check=True).stdout.rstrip("\n")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import build_hello, vermagic
 
 from provium import archive
 from provium.cache import Cache
@@ -16,18 +17,7 @@ from provium.errors import ConfigError
 HAS_APT = all(shutil.which(tool) for tool in ("apt-get", "apt-cache", "dpkg-deb"))
 needs_apt = pytest.mark.skipif(not HAS_APT, reason="apt-get, apt-cache and dpkg-deb are needed to fetch "
                                                    "archive kernels (a Debian or Ubuntu host)")
-SBIN_PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
 
-HELLO_C = """\
-#include <linux/init.h>
-#include <linux/module.h>
-
-static int __init hello_init(void) { pr_info("hello\\n"); return 0; }
-static void __exit hello_exit(void) { }
-module_init(hello_init);
-module_exit(hello_exit);
-MODULE_LICENSE("GPL");
-"""
 
 # apt-cache show stanzas (trimmed to the fields fetch reads), as Debian 12 and Ubuntu 22.04/24.04 publish them.
 DEBIAN_612 = """\
@@ -320,22 +310,6 @@ def fetched(tmp_path_factory):
     start = time.monotonic()
     tree = archive.fetch(package, cache, lines.append)
     return package, cache, tree, lines, time.monotonic() - start
-
-
-def build_hello(kdir: Path, directory: Path) -> Path:
-    directory.mkdir()
-    (directory / "hello.c").write_text(HELLO_C)
-    (directory / "Kbuild").write_text("obj-m := hello.o\n")
-    result = subprocess.run(["make", "-C", str(kdir), f"M={directory}", "modules"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return directory / "hello.ko"
-
-
-def vermagic(module: Path) -> str:
-    modinfo = shutil.which("modinfo", path=SBIN_PATH)
-    assert modinfo, "modinfo (package kmod) is not installed"
-    return subprocess.run([modinfo, "-F", "vermagic", str(module)], capture_output=True, text=True, check=True).stdout
 
 
 needs_pahole = pytest.mark.skipif(not shutil.which("pahole"), reason="pahole (package dwarves) is needed to build "

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import build_hello, vermagic
 
 from provium import kbuild, kconfig
 from provium.cache import Cache
@@ -20,16 +21,6 @@ from provium.errors import ConfigError, ImageError
 
 APT_SOURCE = "apt:linux-source-6.12"
 
-HELLO_C = """\
-#include <linux/module.h>
-#include <linux/init.h>
-
-static int __init hello_init(void) { pr_info("hello\\n"); return 0; }
-static void __exit hello_exit(void) { }
-module_init(hello_init);
-module_exit(hello_exit);
-MODULE_LICENSE("GPL");
-"""
 
 
 def write(path, text):
@@ -244,15 +235,9 @@ def test_an_unchanged_kernel_runs_no_make(minimal_kernel, kernel_cache, tmp_path
 @pytest.mark.kbuild
 def test_an_out_of_tree_module_builds_against_the_build_dir(minimal_kernel, tmp_path):
     tree, _, _ = minimal_kernel
-    write(tmp_path / "hello.c", HELLO_C)
-    write(tmp_path / "Makefile", "obj-m := hello.o\n")
-    result = subprocess.run(["make", "-C", str(tree.modules_dir / "build"), f"M={tmp_path}", "modules"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    vermagic = subprocess.run(["modinfo", "-F", "vermagic", str(tmp_path / "hello.ko")],
-                              capture_output=True, text=True, check=True).stdout.rstrip("\n")
-    assert vermagic.split()[0] == tree.release
-    assert vermagic.encode() + b"\0" in tree.image.read_bytes()  # the kernel's own VERMAGIC_STRING
+    magic = vermagic(build_hello(tree.modules_dir / "build", tmp_path / "hello"))
+    assert magic.split()[0] == tree.release
+    assert magic.encode() + b"\0" in tree.image.read_bytes()  # the kernel's own VERMAGIC_STRING
 
 
 @pytest.mark.kbuild

@@ -1,0 +1,106 @@
+"""Kernel benchmark: cold boot and fixture resume to the first exec on the stock, an archive and a built kernel.
+
+Run: python bench/kernels.py [--runs N | --quick]. Profiles, in a temporary
+suite: the host's kernel (stock), Debian's 6.12 cloud kernel from the archive
+(apt:linux-image-6.12-cloud-amd64) and a kernel built from Debian's 6.12
+source with provium's minimal fragment. Each is fetched or built first (not
+timed here: the fetch and build times are those of the first time, from the
+cache's kernel index), then cold boots and resumes alternate, kernel by kernel,
+round by round.
+"""
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from provium import config, kernels
+from provium.cache import Cache
+from provium.fixtures import Fixtures
+from provium.lua_runtime import FileOptions, build_fixture
+from provium.profile_build import Preparer
+from provium.vm import Vm
+
+TARGET_MINIMAL_COLD = 0.6
+SUITE = """
+[profiles.stock]
+memory = "256M"
+
+[profiles.archive-cloud]
+kernel = "apt:linux-image-6.12-cloud-amd64"
+memory = "256M"
+
+[profiles.built-minimal]
+kernel_source = "apt:linux-source-6.12"
+kconfig = ["minimal"]
+memory = "256M"
+"""
+FIXTURE = b'local vm = provium.create("k")\nvm:boot()\nvm:write_file("/tmp/prepared", "yes")\nreturn vm\n'
+
+
+def first_exec(start):
+    """Seconds from `start` until a VM it returns answers its first exec."""
+    started = time.monotonic()
+    vm = start()
+    assert vm.exec("true").ok
+    elapsed = time.monotonic() - started
+    vm.shutdown()
+    return elapsed
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="two rounds: check that the benchmark works")
+    args = parser.parse_args(argv)
+    runs = 2 if args.quick else args.runs
+    suite = Path(tempfile.mkdtemp(prefix="provium-bench-kernels-"))
+    try:
+        (suite / "provium.toml").write_text(SUITE)
+        (suite / "fixtures").mkdir()
+        (suite / "fixtures" / "k.lua").write_bytes(FIXTURE)
+        cfg, cache = config.load(suite), Cache()
+        preparer = Preparer(cache, lambda line: print(f"  {line}", flush=True))
+        names = ["stock", "archive-cloud", "built-minimal"]
+        prepared = {name: preparer.prepare(cfg.profile(name)) for name in names}
+        fixtures = {name: Fixtures(cfg, cache, build_fixture,
+                                   FileOptions(scratch=suite, preparer=preparer, aliases=(("k", name),)))
+                    for name in names}
+        for name in names:
+            fixtures[name].entry("k")
+        cold = {name: [] for name in names}
+        resume = {name: [] for name in names}
+        for _ in range(runs):
+            for name in names:
+                profile = prepared[name].profile
+
+                def boot(profile=profile):
+                    vm = Vm(profile, cache)
+                    vm.boot()
+                    return vm
+                cold[name].append(first_exec(boot))
+                resume[name].append(first_exec(lambda name=name: fixtures[name].resume("k")))
+        index = {record["source"]: record for record in kernels.cached(cache)}
+        print(f"kernels: cold boot and fixture resume -> first exec, {runs} runs each, interleaved, 256M, 1 vCPU")
+        print(f"{'kernel':<15} {'release':<28} {'fetch/build':>11} {'cold boot':>10} {'resume':>8} "
+              f"{'cold vs stock':>14}")
+        stock = statistics.median(cold["stock"])
+        for name in names:
+            record = index.get(kernels.origin(prepared[name].profile))
+            made = f"{record['seconds']:.1f} s" if record else "-"
+            median = statistics.median(cold[name])
+            print(f"{name:<15} {prepared[name].kernel.release:<28} {made:>11} {median:>8.3f} s "
+                  f"{statistics.median(resume[name]):>6.3f} s {stock / median:>13.2f}x")
+        minimal = statistics.median(cold["built-minimal"])
+        print(f"built-minimal cold boot {minimal:.3f} s against the target {TARGET_MINIMAL_COLD} s: "
+              f"{TARGET_MINIMAL_COLD / minimal:.2f}x")
+        for f in fixtures.values():
+            f.close()
+    finally:
+        shutil.rmtree(suite, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
