@@ -489,9 +489,9 @@ class LuaFile:
         return True
 
     def _op_end_test(self, result):
+        timed_out = self._test_deadline_now() <= time.monotonic()
         test, self._test = self._test, None
         self._test_scope.__exit__(None, None, None)
-        timed_out = self._test_deadline + deadline.suspended_seconds() - test["suspended"] <= time.monotonic()
         self._test_deadline = None
         data = {_text(k): _text(v) for k, v in dict(result).items()}
         for vm in list(self._vms.values()):
