@@ -9,6 +9,11 @@ Makefile include become relative, and modules.dep is written when the package
 ships none. An entry is keyed by the package's name and version, so a package
 is fetched once and a newer version is a new entry.
 
+With debug_symbols, fetch() also downloads the image's debug-symbol package
+(Debian's `linux-image-RELEASE-dbg`, Ubuntu's `-dbgsym` from ddebs.ubuntu.com:
+~300 MB, ~1.8 GB unpacked) into an entry of its own, keeping only the ELF
+vmlinux and the modules' .ko files, which have DWARF line tables.
+
 Module builds against a tree whose kernel has BTF for modules need `pahole`
 (Debian and Ubuntu package `dwarves`); fetch() says so when it is missing.
 """
@@ -19,7 +24,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .cache import Cache, digest
@@ -32,6 +37,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _RELATION = re.compile(r"\s*([a-z0-9][a-z0-9+.-]*)(?::[a-z0-9-]+)?\s*(?:\(\s*[<>=]+\s*([^)\s]+)\s*\))?")
 _INCLUDE = re.compile(r"^(\s*-?include\s+)(/\S+)", re.MULTILINE)
 _SBIN = "/usr/sbin:/sbin"
+_DEBUG = "usr/lib/debug"  # where a debug-symbol package puts boot/vmlinux-RELEASE and lib/modules/RELEASE
 
 
 @dataclass(frozen=True)
@@ -115,11 +121,31 @@ def image_of(package: Package, lookup: Lookup) -> Package:
         seen.add(package.name)
 
 
+def _release_of(image_package: str) -> str:
+    """The release in an image package's name: Debian's `linux-image-R[-unsigned]`, Ubuntu's
+    `linux-image-[unsigned-]R`."""
+    return image_package.removeprefix("linux-image-").removeprefix("unsigned-").removesuffix("-unsigned")
+
+
 def headers_package(image_package: str) -> str:
-    """The headers package named after an image package: Debian's `linux-image-R[-unsigned]`,
-    Ubuntu's `linux-image-[unsigned-]R` give `linux-headers-R`."""
-    release = image_package.removeprefix("linux-image-").removeprefix("unsigned-").removesuffix("-unsigned")
-    return f"linux-headers-{release}"
+    """The headers package named after an image package: `linux-headers-R`."""
+    return f"linux-headers-{_release_of(image_package)}"
+
+
+def debug_packages(image_package: str) -> list[str]:
+    """The names an image package's debug-symbol package has, in the order they are tried: Debian's
+    `linux-image-R-dbg`, Ubuntu's `linux-image-unsigned-R-dbgsym` (which holds the files) and
+    `linux-image-R-dbgsym`."""
+    release = _release_of(image_package)
+    return [f"linux-image-{release}-dbg", f"linux-image-unsigned-{release}-dbgsym", f"linux-image-{release}-dbgsym"]
+
+
+def debug_package(image: Package, lookup: Lookup) -> Package | None:
+    """The debug-symbol package built with `image`: the first of debug_packages() whose candidate
+    has the image's version, else None."""
+    names = debug_packages(image.name)
+    found = lookup(names)
+    return next((found[name] for name in names if name in found and found[name].version == image.version), None)
 
 
 def _command_error(command: list[str], result: subprocess.CompletedProcess) -> ImageError:
@@ -149,17 +175,22 @@ def apt_lookup(names: Iterable[str]) -> dict[str, Package]:
     return parse_packages(result.stdout)
 
 
-def fetch(package: str, cache: Cache, report: Callable[[str], None] = lambda line: None) -> KernelTree:
+def fetch(package: str, cache: Cache, report: Callable[[str], None] = lambda line: None,
+          debug_symbols: bool = False) -> KernelTree:
     """The kernel of image package `package` (the profile's `apt:PACKAGE`), downloaded and unpacked
-    into the cache the first time this version of it is asked for."""
+    into the cache the first time this version of it is asked for; with debug_symbols, its
+    debug-symbol package too (the tree's vmlinux and debug_modules)."""
     source = f"apt:{package}"
     if not _NAME.fullmatch(package):
         raise ConfigError(f"{source}: not a package name")
     known: dict[str, Package] = {}
+    asked: set[str] = set()
 
     def lookup(names: Iterable[str]) -> dict[str, Package]:
-        missing = [name for name in names if name not in known]
+        names = list(names)
+        missing = [name for name in names if name not in asked]
         known.update(apt_lookup(missing))
+        asked.update(missing)
         return {name: known[name] for name in names if name in known}
 
     found = lookup([package])
@@ -168,22 +199,37 @@ def fetch(package: str, cache: Cache, report: Callable[[str], None] = lambda lin
                           f"(run apt-get update, or find one with apt-cache search linux-image)")
     image = image_of(found[package], lookup)
     headers = headers_package(image.name)
-    found = lookup([headers])
+    found = lookup([headers, *(debug_packages(image.name) if debug_symbols else [])])  # one apt-cache run
+    debug = debug_package(image, lookup) if debug_symbols else None
+    if debug_symbols and debug is None:  # known before anything is downloaded
+        names = debug_packages(image.name)
+        raise ConfigError(f"{source}: debug_symbols: no {names[0]} (Debian's) nor {' or '.join(names[1:])} "
+                          f"(Ubuntu's, from ddebs.ubuntu.com) of version {image.version} in the apt archive "
+                          f"(run apt-get update)")
+    root = _entry(cache, image, lambda tmp: _assemble(tmp, image, found.get(headers), lookup, report, source))
+    tree = _tree(root, source)
+    if debug:
+        symbols = _entry(cache, debug, lambda tmp: _unpack_debug(tmp, debug, tree.release, report, source)) / _DEBUG
+        tree = replace(tree, vmlinux=symbols / "boot" / f"vmlinux-{tree.release}",
+                       debug_modules=symbols / "lib/modules" / tree.release)
+    if _needs_pahole(tree) and not shutil.which("pahole"):
+        report(f"{source}: modules built against this kernel need pahole for BTF: install dwarves")
+    return tree
 
+
+def _entry(cache: Cache, package: Package, fill: Callable[[Path], None]) -> Path:
+    """The cache entry of this version of `package`, made by fill(tmp) the first time (locked, renamed
+    into place when complete)."""
     def build(tmp: Path) -> None:
         _remove_stale(tmp.parent, keep=None)
         try:
-            _assemble(tmp, image, found.get(headers), lookup, report, source)
+            fill(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _remove_stale(tmp.parent, keep=tmp)
 
-    root = cache.get_or_build("archive", digest(_FORMAT, image.name, image.version), "root", build)
-    tree = _tree(root, source)
-    if _needs_pahole(tree) and not shutil.which("pahole"):
-        report(f"{source}: modules built against this kernel need pahole for BTF: install dwarves")
-    return tree
+    return cache.get_or_build("archive", digest(_FORMAT, package.name, package.version), "root", build)
 
 
 def _remove_stale(directory: Path, keep: Path | None) -> None:
@@ -200,18 +246,13 @@ def _assemble(root: Path, image: Package, headers: Package | None, lookup: Looku
     if headers is None:
         report(f"{source}: the archive has no {headers_package(image.name)}: no kbuild tree for this kernel")
     packages = companions([image, *([headers] if headers else [])], lookup)
-    debs = root / ".debs"
-    debs.mkdir(parents=True)
     megabytes = sum(p.size for p in packages) / 1e6
     report(f"{source}: downloading {len(packages)} packages ({megabytes:.0f} MB): "
            f"{', '.join(p.name for p in packages)}")
-    try:
-        _run(["apt-get", "download", *(f"{p.name}={p.version}" for p in packages)], cwd=debs)
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: apt-get is not installed") from None
+    debs = _download(packages, root / ".debs", source)
     report(f"{source}: extracting {len(packages)} packages")
-    _extract(sorted(debs.glob("*.deb")), root)
-    shutil.rmtree(debs)
+    _run_all([["dpkg-deb", "-x", str(deb), str(root)] for deb in debs])  # packages never share files
+    shutil.rmtree(root / ".debs")
     release = _release(root, source)
     _relative_links(root)
     build_dir = root / "usr/src" / f"linux-headers-{release}"
@@ -225,16 +266,36 @@ def _assemble(root: Path, image: Package, headers: Package | None, lookup: Looku
         _run([depmod, "-b", str(root), release])
 
 
-def _extract(debs: list[Path], root: Path) -> None:
-    """`dpkg-deb -x` every package into root, all at once (packages never share files), each in a
-    process group of its own so that an interrupted extraction can be stopped whole."""
-    commands = [["dpkg-deb", "-x", str(deb), str(root)] for deb in debs]
+def _unpack_debug(root: Path, debug: Package, release: str, report: Callable[[str], None], source: str) -> None:
+    """Download the debug-symbol package and extract into root its vmlinux and its modules' .ko files."""
+    report(f"{source}: downloading {debug.name} ({debug.size / 1e6:.0f} MB) for debug symbols")
+    [deb] = _download([debug], root / ".debs", source)
+    report(f"{source}: extracting vmlinux-{release} and the .ko files from {debug.name}")
+    script = 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards "${@:3}"'
+    _run_all([["bash", "-o", "pipefail", "-c", script, "extract", str(deb), str(root),
+               f"./{_DEBUG}/boot/vmlinux-{release}", f"./{_DEBUG}/lib/modules/{release}/*.ko"]])
+    shutil.rmtree(root / ".debs")
+
+
+def _download(packages: list[Package], directory: Path, source: str) -> list[Path]:
+    """`apt-get download` these versions of the packages into a new directory; the .deb files."""
+    directory.mkdir(parents=True)
+    try:
+        _run(["apt-get", "download", *(f"{p.name}={p.version}" for p in packages)], cwd=directory)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: apt-get is not installed") from None
+    return sorted(directory.glob("*.deb"))
+
+
+def _run_all(commands: list[list[str]]) -> None:
+    """Run the commands all at once, each in a process group of its own so that an interrupted run
+    can be stopped whole; an ImageError with the output of one that fails."""
     running = [(command, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                           start_new_session=True))
                for command in commands]
     try:
         outputs = [(command, process.communicate(), process.returncode) for command, process in running]
-    except BaseException:  # interrupted: stop every dpkg-deb with its tar before the caller removes root
+    except BaseException:  # interrupted: stop every command with its children before the caller removes root
         for _, process in running:
             if process.returncode is None:
                 os.killpg(process.pid, signal.SIGKILL)

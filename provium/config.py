@@ -41,6 +41,8 @@ _PROFILE_KEYS = {
     "allow_warnings": bool,
     "kernel_source": str,
     "kconfig": list,
+    "debug_symbols": bool,
+    "leak_check": bool,
 }
 ARCHIVE = "apt:"  # kernel = "apt:PACKAGE", kernel_source = "apt:PACKAGE": from the distribution's archive
 FRAGMENTS = resources.files("provium") / "kconfig"  # provium's own kconfig fragments: NAME.config
@@ -79,6 +81,8 @@ class Profile:
     kernel_package: str | None = None  # kernel = "apt:PACKAGE": an image package from the archive
     kernel_source: str | None = None   # a kernel tree (absolute path) or "apt:SOURCE-PACKAGE" to build
     kconfig: tuple = ()                # fragments for kernel_source: provium's names or absolute paths
+    debug_symbols: bool = False        # with kernel_package: fetch its debug-symbol package too
+    leak_check: bool = False           # kmemleak checks each test for leaks (on kernels that have it)
     root: Path | None = None           # the suite root
 
     @property
@@ -213,6 +217,11 @@ def _check_keys(name, table, config):
         raise ConfigError(f"{_where(config, name, 'modules')}: \"*\" (the whole tree) is for available_modules")
     if not all(isinstance(arg, str) for arg in table.get("qemu_args", [])):
         raise ConfigError(f"{_where(config, name, 'qemu_args')}: entries must be strings")
+    if table.get("debug_symbols") and not table.get("kernel", "").startswith(ARCHIVE):
+        instead = ("a kernel built from kernel_source has line tables when its kconfig asks for them (the \"debug\" "
+                   "fragment)" if "kernel_source" in table else "the host kernel's or a kernel file's debug symbols "
+                   "are read from /usr/lib/debug, where its -dbg or -dbgsym package installs them")
+        raise ConfigError(f"{_where(config, name, 'debug_symbols')}: is for kernel = \"apt:PACKAGE\": {instead}")
 
 
 def newest_host_kernel(boot="/boot", modules_root="/lib/modules"):
@@ -334,4 +343,5 @@ def _build_profile(name, table, config):
         qemu_args=tuple(table.get("qemu_args", ())),
         allow_warnings=table.get("allow_warnings", False),
         kernel_package=package, kernel_source=source, kconfig=fragments, root=config.root,
+        debug_symbols=table.get("debug_symbols", False), leak_check=table.get("leak_check", False),
     )

@@ -44,7 +44,8 @@ PROGRESS_EVERY = 15.0
 _FORMAT = 1
 # Variables of the caller's environment that would change what kbuild does behind the key's back.
 _KBUILD_ENV = ("ARCH", "SRCARCH", "CROSS_COMPILE", "O", "KBUILD_OUTPUT", "KCONFIG_CONFIG", "KCONFIG_ALLCONFIG",
-               "CC", "LD", "LLVM", "LOCALVERSION", "INSTALL_MOD_PATH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+               "CC", "LD", "LLVM", "LOCALVERSION", "INSTALL_MOD_PATH", "INSTALL_MOD_STRIP", "MAKEFLAGS", "MFLAGS",
+               "MAKELEVEL")
 _TOOLS = {"make": "make", "gcc": "gcc", "flex": "flex", "bison": "bison", "bc": "bc", "depmod": "kmod",
           "dpkg-deb": "dpkg", "xz": "xz-utils"}
 _STEP = re.compile(r"^\s{2}([A-Z0-9_]+)\s+(\S+)")
@@ -113,8 +114,13 @@ def _remembered(cache: Cache, memo: Path, build_dir: Path, source: str) -> Kerne
 
 def _kernel_tree(final: Path, build_dir: Path, source: str) -> KernelTree:
     release = (final / "release").read_text().strip()
-    return KernelTree(image=final / "vmlinux", release=release, modules_dir=final / "modules/lib/modules" / release,
-                      build_dir=build_dir, config=final / "config", source=source)
+    modules_dir = final / "modules/lib/modules" / release
+    config = (final / "config").read_text()
+    debug = _debug_info(config)  # the booted vmlinux and the installed modules keep their DWARF
+    return KernelTree(image=final / "vmlinux", release=release, modules_dir=modules_dir,
+                      build_dir=build_dir, config=final / "config", source=source,
+                      vmlinux=final / "vmlinux" if debug else None,
+                      debug_modules=modules_dir if debug and _modular(config) else None)
 
 
 def _read(path: Path) -> str:
@@ -292,6 +298,10 @@ def _configure(tree: Path, build_dir: Path, wanted: Sequence[kconfig.Fragment]) 
 
 def _modular(config: str) -> bool:
     return "\nCONFIG_MODULES=y\n" in f"\n{config}"
+
+
+def _debug_info(config: str) -> bool:
+    return "\nCONFIG_DEBUG_INFO=y\n" in f"\n{config}"
 
 
 def _environment() -> dict[str, str]:

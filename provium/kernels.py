@@ -3,8 +3,9 @@
 A profile names where its kernel comes from; getting it (downloading packages,
 building a tree) is expensive, so it happens on first use and is cached:
 provium/archive.py fetches `apt:` packages, provium/kbuild.py builds
-`kernel_source` trees. Either gives a KernelTree: what to boot, its modules and
-the kbuild tree out-of-tree modules are built against.
+`kernel_source` trees. Either gives a KernelTree: what to boot, its modules,
+the kbuild tree out-of-tree modules are built against and, when there are
+any, the debug symbols that decode its reports to file:line.
 """
 
 import functools
@@ -20,6 +21,8 @@ from . import kernel
 from .cache import Cache, digest
 from .config import ARCHIVE, Profile
 
+HOST_DEBUG = Path("/usr/lib/debug")  # where the distribution's -dbg (-dbgsym) packages install a kernel's debug symbols
+
 
 @dataclass(frozen=True)
 class KernelTree:
@@ -31,6 +34,8 @@ class KernelTree:
     build_dir: Path | None   # the kbuild tree: `make -C build_dir M=DIR modules` builds against it
     config: Path | None      # the kernel's .config
     source: str              # where it came from, as the profile says it ("apt:linux-image-...", a path)
+    vmlinux: Path | None = None        # an ELF vmlinux with DWARF line info, to decode reports; None if none is known
+    debug_modules: Path | None = None  # a tree of its modules as .ko with line info (found by name), or None
 
 
 _resolved: dict[tuple, KernelTree] = {}
@@ -95,7 +100,7 @@ def cached(cache: Cache) -> list[dict]:
 def _fetch_or_build(profile, cache, report):
     if profile.kernel_package:
         from . import archive  # only a profile that needs it pays for the import
-        return archive.fetch(profile.kernel_package, cache, report)
+        return archive.fetch(profile.kernel_package, cache, report, profile.debug_symbols)
     if profile.kernel_source:
         from . import kbuild
         return kbuild.build(profile.kernel_source, profile.kconfig, cache, report, profile.root)
@@ -103,9 +108,13 @@ def _fetch_or_build(profile, cache, report):
     modules_dir = profile.modules_dir or Path("/lib/modules") / release
     build_dir = modules_dir / "build"
     configs = [profile.kernel.parent / f"config-{release}", build_dir / ".config"]  # /boot's, a tree's
+    debug_modules = HOST_DEBUG / "lib/modules" / release
+    vmlinuxes = [HOST_DEBUG / "boot" / f"vmlinux-{release}", debug_modules / "vmlinux"]  # where distributions put it
     return KernelTree(image=profile.kernel, release=release, modules_dir=modules_dir,
                       build_dir=build_dir if build_dir.is_dir() else None,
-                      config=next((c for c in configs if c.is_file()), None), source=str(profile.kernel))
+                      config=next((c for c in configs if c.is_file()), None), source=str(profile.kernel),
+                      vmlinux=next((v for v in vmlinuxes if v.is_file()), None),
+                      debug_modules=debug_modules if debug_modules.is_dir() else None)
 
 
 def missing_options(tree: KernelTree, wanted: Iterable[str]) -> list[str]:

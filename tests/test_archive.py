@@ -273,6 +273,112 @@ def test_headers_package_is_named_after_the_release(image, headers):
     assert archive.headers_package(image) == headers
 
 
+# The debug-symbol packages of the kernels above: Debian's -dbg in the main archive, Ubuntu's -dbgsym
+# in ddebs.ubuntu.com, one for the unsigned image (which holds the files) and one for the signed.
+DEBUG_STANZAS = """\
+Package: linux-image-6.12.117+deb12-cloud-amd64-dbg
+Source: linux-6.12
+Version: 6.12.117-1~deb12u1
+Size: 317861800
+
+Package: linux-image-6.1.0-47-cloud-amd64-dbg
+Source: linux
+Version: 6.1.170-4
+
+Package: linux-image-unsigned-6.8.0-45-generic-dbgsym
+Source: linux
+Version: 6.8.0-45.45
+
+Package: linux-image-6.8.0-45-generic-dbgsym
+Source: linux-signed
+Version: 6.8.0-45.45
+
+Package: linux-image-5.15.0-91-generic-dbgsym
+Source: linux-signed
+Version: 5.15.0-91.101
+"""
+
+
+@pytest.mark.parametrize("image, names", [
+    ("linux-image-6.12.117+deb12-cloud-amd64-unsigned", ["linux-image-6.12.117+deb12-cloud-amd64-dbg",
+                                                         "linux-image-unsigned-6.12.117+deb12-cloud-amd64-dbgsym",
+                                                         "linux-image-6.12.117+deb12-cloud-amd64-dbgsym"]),
+    ("linux-image-6.8.0-45-generic", ["linux-image-6.8.0-45-generic-dbg",
+                                      "linux-image-unsigned-6.8.0-45-generic-dbgsym",
+                                      "linux-image-6.8.0-45-generic-dbgsym"]),
+    ("linux-image-unsigned-5.15.0-91-generic", ["linux-image-5.15.0-91-generic-dbg",
+                                                "linux-image-unsigned-5.15.0-91-generic-dbgsym",
+                                                "linux-image-5.15.0-91-generic-dbgsym"]),
+])
+def test_debug_packages_are_named_after_the_release(image, names):
+    assert archive.debug_packages(image) == names
+
+
+@pytest.mark.parametrize("stanzas, image, debug", [
+    (DEBIAN_612, "linux-image-6.12.117+deb12-cloud-amd64", "linux-image-6.12.117+deb12-cloud-amd64-dbg"),
+    (DEBIAN_612, "linux-image-6.12.117+deb12-cloud-amd64-unsigned", "linux-image-6.12.117+deb12-cloud-amd64-dbg"),
+    (UBUNTU_NOBLE, "linux-image-6.8.0-45-generic", "linux-image-unsigned-6.8.0-45-generic-dbgsym"),
+    (UBUNTU_JAMMY, "linux-image-5.15.0-91-generic", "linux-image-5.15.0-91-generic-dbgsym"),
+    (DEBIAN_61, "linux-image-6.1.0-47-cloud-amd64-unsigned", None),   # its -dbg is of another version, 6.1.170-4
+])
+def test_the_debug_package_has_the_images_version(stanzas, image, debug):
+    apt = FakeArchive(stanzas, DEBUG_STANZAS)
+    found = archive.debug_package(apt.packages[image], apt)
+    assert (found.name if found else None) == debug
+
+
+def test_debug_symbols_missing_from_the_archive_are_a_one_line_error_before_any_download(tmp_path, monkeypatch):
+    apt = FakeArchive(DEBIAN_612, HOST_TOOLS)
+    monkeypatch.setattr(archive, "apt_lookup", apt)
+    with pytest.raises(ConfigError) as info:
+        archive.fetch("linux-image-6.12.117+deb12-cloud-amd64", Cache(tmp_path / "cache"), debug_symbols=True)
+    runs = [names for names in apt.asked if names]   # apt_lookup runs apt-cache for a non-empty list only
+    assert runs == [["linux-image-6.12.117+deb12-cloud-amd64"],   # the debug packages come with the headers
+                    ["linux-headers-6.12.117+deb12-cloud-amd64",
+                     *archive.debug_packages("linux-image-6.12.117+deb12-cloud-amd64")]]
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("apt:linux-image-6.12.117+deb12-cloud-amd64: debug_symbols: no "
+                              "linux-image-6.12.117+deb12-cloud-amd64-dbg (Debian's) nor ")
+    assert "of version 6.12.117-1~deb12u1" in message and "apt-get update" in message
+    assert not (tmp_path / "cache").exists()
+
+
+@needs_apt
+def test_only_the_vmlinux_and_the_ko_files_are_unpacked_from_a_debug_package(tmp_path, monkeypatch):
+    """A small -dbg package built here, which a stand-in apt-get "downloads"."""
+    release = "6.12.117+deb12-cloud-amd64"
+    package = tmp_path / "package"
+    files = {f"usr/lib/debug/boot/vmlinux-{release}": "vmlinux", f"usr/lib/debug/boot/System.map-{release}": "map",
+             f"usr/lib/debug/lib/modules/{release}/kernel/drivers/block/virtio_blk.ko": "ko",
+             f"usr/lib/debug/lib/modules/{release}/modules.order": "order",
+             f"usr/lib/debug/lib/modules/6.1.0-47-cloud-amd64/kernel/other.ko": "another release's",
+             "usr/share/doc/linux-image-dbg/changelog.Debian.gz": "doc"}
+    for name, text in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    (package / "DEBIAN").mkdir()
+    (package / "DEBIAN/control").write_text(f"Package: linux-image-{release}-dbg\nVersion: 1\nArchitecture: all\n"
+                                            f"Maintainer: provium\nDescription: test\n")
+    deb = tmp_path / "dbg.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(package), str(deb)], check=True,
+                   capture_output=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(f"#!/bin/sh\ncp {deb} .\n")
+    (bin_dir / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    root = tmp_path / "root"
+    lines = []
+    archive._unpack_debug(root, archive.Package(f"linux-image-{release}-dbg", "1", "", 317861800), release,
+                          lines.append, "apt:x")
+    unpacked = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert unpacked == [f"usr/lib/debug/boot/vmlinux-{release}",
+                        f"usr/lib/debug/lib/modules/{release}/kernel/drivers/block/virtio_blk.ko"]
+    assert lines == [f"apt:x: downloading linux-image-{release}-dbg (318 MB) for debug symbols",
+                     f"apt:x: extracting vmlinux-{release} and the .ko files from linux-image-{release}-dbg"]
+
+
 def test_a_name_that_is_no_package_name_is_refused_before_apt_runs(tmp_path):
     with pytest.raises(ConfigError, match=r"apt:-o: not a package name"):
         archive.fetch("-o", Cache(tmp_path / "cache"))

@@ -1,10 +1,11 @@
 """provium.toml: suite root discovery, profiles, and one-line errors."""
 
+import dataclasses
 import os
 
 import pytest
 
-from provium import config
+from provium import config, kernels
 from provium.errors import ConfigError
 
 
@@ -109,3 +110,34 @@ def test_available_modules_are_a_list_of_names(tmp_path, kernel):
 def test_bad_module_lists_are_named(tmp_path, text, message):
     with pytest.raises(ConfigError, match=f"profile 'x': {message}"):
         write(tmp_path, f"[profiles.x]\n{text}\n")
+
+
+def test_debug_symbols_is_off_unless_an_apt_kernel_asks_for_it(tmp_path):
+    cfg = write(tmp_path, '[profiles.cloud]\nkernel = "apt:linux-image-6.12-cloud-amd64"\n'
+                          '[profiles.cloud-debug]\nkernel = "apt:linux-image-6.12-cloud-amd64"\ndebug_symbols = true\n'
+                          '[profiles.host]\ndebug_symbols = false\n')
+    plain, debug = cfg.profile("cloud"), cfg.profile("cloud-debug")
+    assert (plain.debug_symbols, debug.debug_symbols) == (False, True)
+    assert kernels.origin(plain) == kernels.origin(debug) == "apt:linux-image-6.12-cloud-amd64"
+    assert plain == dataclasses.replace(debug, name="cloud", debug_symbols=False)
+    assert cfg.profile("host").debug_symbols is False
+
+
+@pytest.mark.parametrize("table, message", [
+    ('kernel_source = "linux"', 'a kernel built from kernel_source has line tables when its kconfig asks for them '
+                                '(the "debug" fragment)'),
+    ('kernel = "vmlinuz"', "the host kernel's or a kernel file's debug symbols are read from /usr/lib/debug"),
+    ("", "the host kernel's or a kernel file's debug symbols are read from /usr/lib/debug"),
+])
+def test_debug_symbols_without_an_apt_kernel_is_a_one_line_error(tmp_path, table, message):
+    with pytest.raises(ConfigError) as info:
+        write(tmp_path, f"[profiles.x]\n{table}\ndebug_symbols = true\n")
+    error = str(info.value)
+    assert error.startswith(f"{tmp_path / 'provium.toml'}: profile 'x': key 'debug_symbols': "
+                            f"is for kernel = \"apt:PACKAGE\": {message}")
+    assert "\n" not in error
+
+
+def test_debug_symbols_takes_true_or_false(tmp_path):
+    with pytest.raises(ConfigError, match="profile 'x': key 'debug_symbols': must be true or false, not str"):
+        write(tmp_path, '[profiles.x]\nkernel = "apt:linux-image-amd64"\ndebug_symbols = "yes"\n')
