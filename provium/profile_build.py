@@ -21,6 +21,7 @@ from .cache import Cache, digest, locked
 from .config import Profile
 from .errors import ConfigError, ProviumError
 from .kernels import KernelTree
+from .symbolize import Symbols
 
 BUILD_TIMEOUT = 900.0
 
@@ -32,6 +33,12 @@ class Prepared:
     profile: Profile
     kernel: KernelTree
     build_dir: Path
+
+    def symbols(self) -> Symbols:
+        """Where its guests' kernel reports are decoded: the kernel's line tables, and the modules its
+        build step built and the kernel's own."""
+        module_dirs = [self.build_dir] + ([self.kernel.debug_modules] if self.kernel.debug_modules else [])
+        return Symbols(self.kernel.vmlinux, tuple(module_dirs))
 
 
 class Preparer:

@@ -28,7 +28,9 @@ One addr2line runs per object and section in a decode; the symbol tables and the
 directory listings are cached for the life of the process.
 """
 
+import bisect
 import functools
+import math
 import os
 import re
 import subprocess
@@ -60,9 +62,10 @@ class Symbols:
 
 @dataclass(frozen=True)
 class _Object:
-    """The function symbols of one ELF object: name -> (value, size, section name)."""
+    """The function symbols of one ELF object: name -> (value, size, section name, room), where room
+    is the distance to the next function of its section (what kallsyms prints as the size)."""
     relocatable: bool
-    functions: dict[str, tuple[tuple[int, int, str], ...]]
+    functions: dict[str, tuple[tuple[int, int, str, float], ...]]
 
 
 _Place = tuple[str, str]  # (function, "file:line"), as addr2line names them
@@ -146,23 +149,33 @@ def _read_object(path: str, mtime_ns: int, size: int) -> _Object | None:
     if not out or not kind:
         return None
     sections = {int(number): name for number, name in _SECTION.findall(out)}
-    functions: dict[str, dict[tuple[int, int, str], None]] = {}
-    for value, symbol_size, section, name in _FUNCTION.findall(out):
-        if int(section) in sections:
-            length = int(symbol_size, 16) if symbol_size.startswith("0x") else int(symbol_size)
-            functions.setdefault(name, {})[(int(value, 16), length, sections[int(section)])] = None
+    symbols = [(int(value, 16), int(length, 16) if length.startswith("0x") else int(length), sections[int(section)],
+                name) for value, length, section, name in _FUNCTION.findall(out) if int(section) in sections]
+    starts: dict[str, list[int]] = {}
+    for value, _, section, _ in symbols:
+        starts.setdefault(section, []).append(value)
+    for values in starts.values():
+        values.sort()
+    functions: dict[str, dict[tuple[int, int, str, float], None]] = {}
+    for value, length, section, name in symbols:
+        values = starts[section]
+        following = bisect.bisect_right(values, value)
+        room = values[following] - value if following < len(values) else math.inf
+        functions.setdefault(name, {})[(value, length, section, room)] = None
     return _Object(kind[1] == "REL", {name: tuple(found) for name, found in functions.items()})
 
 
 def _lookups(path: str, obj: _Object, match: re.Match[str], exact: bool) -> list[_Key]:
-    """What to ask addr2line for the frame: one key per symbol of its name and size."""
+    """What to ask addr2line for the frame: one key per symbol of its name and size. The kernel prints
+    the distance to the next symbol as the size (alignment padding included): any size from the
+    symbol's own to that distance matches."""
     offset, size = int(match["offset"], 16), int(match["size"], 16)
     if not exact and offset:
         offset -= 1
     if offset >= size:
         return []
     return [(path, section if obj.relocatable else None, value + offset)
-            for value, length, section in obj.functions.get(match["func"], ()) if length == size]
+            for value, length, section, room in obj.functions.get(match["func"], ()) if length <= size <= room]
 
 
 def _root_key(vmlinux: str | None, batches: dict[tuple[str, str | None], dict[int, None]]) -> _Key | None:

@@ -11,36 +11,20 @@ import re
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import agent_build, deadline, images, protocol, qemu, resources
+from . import agent_build, deadline, findings, images, protocol, qemu, resources, symbolize
 from .agent_client import AgentClient, ConnectionLost
 from .errors import ProtocolError
 from .config import parse_memory
 from .errors import AgentError, BootError, ConfigError, DeadlineError, ImageError, VmStateError
+from .findings import Finding
 
 SHUTDOWN_TIMEOUT = 10.0
 CONSOLE_TAIL_LINES = 25
 
-# What on the guest console means the kernel is in trouble, and how to name it.
-_CRASH = re.compile(r"Kernel panic - not syncing:.*|BUG: KASAN: .*|kernel BUG at .*|BUG: .*|Oops: .*"
-                    r"|general protection fault.*|UBSAN: .*|WARNING: CPU: \d+ PID: \d+ at .*")
-KERNEL_WARNING = "kernel warning"
-
-
-def crash_name(line):
-    if line.startswith("Kernel panic"):
-        return "kernel panic"
-    if "KASAN" in line:
-        return "KASAN report"
-    if line.startswith(("BUG", "kernel BUG")):
-        return "kernel BUG"
-    if line.startswith("UBSAN"):
-        return "UBSAN report"
-    if line.startswith("WARNING"):
-        return KERNEL_WARNING
-    return "kernel oops"
+REPORT_SETTLE = 2.0  # seconds to wait for the rest of a kernel report still being printed
 
 
 @dataclass(frozen=True)
@@ -57,7 +41,13 @@ class Timeouts:
 
 
 class GuestCrash(AgentError):
-    """The guest kernel reported a panic, oops, BUG, warning or sanitizer error on its console."""
+    """The guest kernel reported bugs on its console (a panic, an oops, a BUG, a warning, a sanitizer or
+    lockdep report), or kmemleak found leaks: each Finding with its report, frames decoded."""
+
+    def __init__(self, vm_name: str, found: tuple[Finding, ...], decoded: tuple[str, ...]):
+        self.vm_name, self.findings, self.decoded = vm_name, found, decoded
+        sections = (f"--- {f.kind} ---\n{text}" for f, text in zip(found, decoded))
+        super().__init__("\n".join([f"VM {vm_name!r}: {found[0].name}", *sections]))
 
 
 SNAPSHOT_RAM = "ram"
@@ -247,8 +237,12 @@ class Vm(GuestOps):
         self.profile = profile
         self.cache = cache
         self.timeouts = timeouts
-        self.crash = None
+        self.crash = None  # the GuestCrash of a fatal finding: every later op raises it again
         self.allow_warnings = False  # kernel warnings on the console fail the op or test that sees them
+        self.symbols = symbolize.Symbols(None)  # where the frames of its kernel's reports are decoded
+        self.reported: list[tuple[Finding, str]] = []  # findings raised so far, with their decoded report
+        self.last_op = 0.0  # monotonic time the last op's reply arrived
+        self.leak_since: int | None = None  # the guest's jiffies when the leak check was armed (kmemleak.arm)
         self._console_seen = 0  # where the next scan starts: after the last whole line scanned
         self._console_size = 0  # the log's size at the last scan
         self._reserved = 0
@@ -319,6 +313,8 @@ class Vm(GuestOps):
             raise
         if boot_files:
             self._copy_in(boot_files)
+            modules = [Path(host).parent for host in (files or {}).values() if str(host).endswith(".ko")]
+            self.symbols = replace(self.symbols, module_dirs=(*self.symbols.module_dirs, *modules))
 
     def _copy_in(self, boot_files):
         parents = sorted({str(Path(p).parent) for p in boot_files})
@@ -334,7 +330,7 @@ class Vm(GuestOps):
     def _call(self, channel, op, timeout, /, **fields):
         """An op on a channel: timeout None is the VM's op timeout; the thread's deadline clamps it."""
         if self.crash:
-            raise GuestCrash(self.crash)
+            raise GuestCrash(self.name, self.crash.findings, self.crash.decoded)
         if self.state != "running":
             raise VmStateError(f"VM {self.name!r} is not running ({self.state}): cannot {op}")
         try:
@@ -345,12 +341,13 @@ class Vm(GuestOps):
         except ProtocolError as exc:
             self.kill()  # a guest that talks garbage is not trusted with another request
             raise AgentError(f"{op}: VM {self.name!r} stopped: {exc}") from None
+        self.last_op = time.monotonic()
         self.check_console()  # what the kernel printed while the op ran fails the op, at the caller's line
         return reply
 
     def check_console(self):
-        """Raise GuestCrash for a kernel crash, or a warning not allowed, that the console shows and
-        that was not reported yet. A crash is reported by every later op too; a warning once."""
+        """Raise GuestCrash for the kernel's reports on the console not reported yet (warnings only where
+        not allowed). A fatal one (a panic, an oops) is raised again by every later op."""
         if self.crash or self.machine is None:
             return
         self.machine.sync_console()
@@ -365,16 +362,29 @@ class Vm(GuestOps):
         self._console_size = size
         console = self.machine.console_text()
         end = console.rfind("\n") + 1  # whole lines only: an unfinished one is read again next time
-        start, self._console_seen = self._console_seen, end
-        for found in _CRASH.finditer(console, start, end):
-            line = found.group(0).strip()
-            kind = crash_name(line)
-            if kind == KERNEL_WARNING and self.allow_warnings:
-                continue
-            report = f"VM {self.name!r}: {kind}: {line}\n{format_console_tail(console, found.start())}"
-            if kind != KERNEL_WARNING:
-                self.crash = report
-            raise GuestCrash(report)
+        found = findings.scan(console, self._console_seen, end)
+        settle = time.monotonic() + REPORT_SETTLE
+        while found and not found[-1].complete and time.monotonic() < settle:
+            time.sleep(0.05)  # the kernel is still printing it
+            self.machine.sync_console()
+            console = self.machine.console_text()
+            found = findings.scan(console, self._console_seen, end)
+        self._console_seen = max([end, *(located.end for located in found)])
+        raised = tuple(located.finding for located in found
+                       if not (located.finding.kind == findings.KERNEL_WARNING and self.allow_warnings))
+        if raised:
+            crash = self.found(raised)
+            if any(finding.fatal for finding in raised):
+                self.crash = crash
+            raise crash
+
+    def found(self, raised: tuple[Finding, ...]) -> GuestCrash:
+        """The GuestCrash for findings of this VM, their frames decoded (on the harness's time, not the
+        test's); they are kept in `reported` for the test's artifacts."""
+        with deadline.suspended():
+            decoded = tuple(symbolize.decode(finding.report, self.symbols) for finding in raised)
+        self.reported.extend(zip(raised, decoded))
+        return GuestCrash(self.name, raised, decoded)
 
     def _explain(self):
         """Why the guest stopped answering, with the console tail; kills it."""
@@ -384,14 +394,14 @@ class Vm(GuestOps):
         code = machine.returncode
         console = machine.console_text()
         self.kill()
-        panic = next((m for m in _CRASH.finditer(console) if crash_name(m.group(0)) != KERNEL_WARNING), None)
-        if panic:
-            head = f"{crash_name(panic.group(0).strip())}: {panic.group(0).strip()}"
+        fatal = next((located for located in findings.scan(console) if located.finding.fatal), None)
+        if fatal:
+            head = fatal.finding.name
         elif code is None:
             head = "the guest stopped answering"
         else:
             head = f"QEMU exited with status {code}" + (f" ({machine.stderr_text()})" if machine.stderr_text() else "")
-        return f"{head}\n{format_console_tail(console, panic.start() if panic else None)}"
+        return f"{head}\n{format_console_tail(console, fatal.start if fatal else None)}"
 
     @classmethod
     def resume(cls, profile, cache, spec, entry, name=None, snapshot_dir=None, timeouts=Timeouts()):

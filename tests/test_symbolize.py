@@ -214,10 +214,22 @@ def test_duplicate_symbol_names_are_told_apart_by_size(built):
     assert main[0] == "init/main.c" and line_of(MAIN_C, "main_leaf") - 2 <= int(main[1]) <= line_of(MAIN_C, "main_leaf")
 
 
+def test_a_size_with_the_padding_up_to_the_next_function_matches_as_kallsyms_prints_it(built):
+    symbols = function_symbols(built.vmlinux)
+    starts = sorted(v for found in symbols.values() for v, _ in found)
+    name, (value, size) = next((name, found[0]) for name, found in symbols.items()
+                               if len(found) == 1 and found[0][0] < starts[-1])
+    following = min(start for start in starts if start > value)
+    for printed in (size, following - value):
+        assert re.search(r"\(\S+\.c:\d+", decode(f" {name}+0x1/{printed:#x}", Symbols(built.vmlinux)))
+    past = f" {name}+0x1/{following - value + 1:#x}"
+    assert decode(past, Symbols(built.vmlinux)) == past, "past the next function: another symbol's size"
+
+
 def test_frames_it_cannot_place_stay_as_they_are(built, tmp_path):
     _, (_, ret), _ = calls(built.vmlinux, "outer")
     size = symbol(built.vmlinux, "outer")[1]
-    report = "\n".join([f" outer+{ret:#x}/{size + 1:#x}",                 # size mismatch
+    report = "\n".join([f" outer+{ret:#x}/{size - 1:#x}",                 # smaller than the symbol
                         f" outer+{size + 4:#x}/{size:#x}",                 # offset past the end
                         " outer+0x3/0x0",
                         " no_such_function+0x3/0x10",
