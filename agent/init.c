@@ -84,6 +84,9 @@ static void setup_filesystems(void)
 	mount_fs("tmpfs", "/tmp", MS_NOSUID | MS_NODEV, "mode=1777", 01777);
 	mount_fs("tmpfs", "/run", MS_NOSUID | MS_NODEV, "mode=0755", 0755);
 	mount_fs("devpts", "/dev/pts", MS_NOSUID | MS_NOEXEC, "mode=0620,ptmxmode=0666", 0755);
+	/* debugfs where the kernel has it: kmemleak, and the files of modules under test */
+	if (access("/sys/kernel/debug", F_OK) == 0)
+		mount_fs("debugfs", "/sys/kernel/debug", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL, 0700);
 }
 
 /* ---- 2. kernel modules ---- */

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import lupa.lua54 as lua
 
-from . import deadline, kernels
-from .errors import DeadlineError, ProviumError
+from . import deadline, kernels, kmemleak
+from .errors import AgentError, DeadlineError, ProviumError
 from .fixtures import BuildResult
 from .profile_build import Preparer
 from .vm import Disk, GuestCrash, Pointer, Timeouts, Vm, format_console_tail
@@ -274,13 +274,38 @@ class LuaFile:
 
     def _add_vm(self, handle, vm):
         self._vms[handle] = vm
+        vm.symbols = self.preparer.prepare(vm.profile).symbols()
         if self._test is not None:
             self._test["vms"].append(handle)
             reason = self._lacks(vm)
             if reason:
                 raise NotHere(reason)
+            self._arm_leak_check(vm)
         self._allow_warnings([vm])
         return handle
+
+    def _arm_leak_check(self, vm):
+        """Charge the VM's leaks from now on to the running test, if it checks leaks and the VM runs
+        a kernel with kmemleak (the test option wins over the profile's key)."""
+        wanted = self._test["leak_check"]
+        wanted = vm.profile.leak_check if wanted is None else wanted
+        tree = self.preparer.prepare(vm.profile).kernel
+        if wanted and vm.state == "running" and not kernels.missing_options(tree, ["DEBUG_KMEMLEAK"]):
+            kmemleak.arm(vm)
+
+    def _check_leaks(self):
+        """The running test's leaks, on each armed VM (one wait for them all): GuestCrash for the first
+        VM with some."""
+        armed = [vm for vm in self._vms.values() if vm.leak_since is not None and vm.state == "running"]
+        try:
+            with deadline.suspended():
+                found = kmemleak.check(armed)
+        finally:
+            for vm in armed:
+                vm.leak_since = None
+        for vm, leaks in found.items():
+            if leaks:
+                raise vm.found(tuple(leaks))
 
     def _lacks(self, vm):
         """Why the running test cannot run on the VM's kernel (options it needs are off), or None."""
@@ -386,7 +411,10 @@ class LuaFile:
         if self.snapshot_root:  # a fixture depends on what it boots with: its key must see changes to them
             for path in [*files.values(), *(disk.path for disk in checked)]:
                 self.required_files[path] = True
-        self._vm(handle).boot(memory=_text(memory), cpus=cpus, files=files, disks=checked)
+        vm = self._vm(handle)
+        vm.boot(memory=_text(memory), cpus=cpus, files=files, disks=checked)
+        if self._test is not None:
+            self._arm_leak_check(vm)
 
     def _op_vm_json(self, handle, cmd):
         result = self._vm(handle).exec(bytes(cmd))
@@ -460,7 +488,7 @@ class LuaFile:
             return self._timeout_message().encode()
         return None
 
-    def _op_begin_test(self, name, where, timeout, allow_warnings=False, kconfig=None):
+    def _op_begin_test(self, name, where, timeout, allow_warnings=False, kconfig=None, leak_check=None):
         name = _text(name)
         keyword = self.options.keyword
         if keyword and keyword not in name and keyword not in self.display_name:
@@ -474,7 +502,8 @@ class LuaFile:
         started = time.monotonic()
         self._test = {"name": name, "where": _text(where), "started": started, "vms": [], "timeout": timeout,
                       "allow_warnings": bool(allow_warnings), "suspended": deadline.suspended_seconds(),
-                      "kconfig": [_text(kconfig[i]) for i in range(1, len(kconfig or {}) + 1)]}
+                      "kconfig": [_text(kconfig[i]) for i in range(1, len(kconfig or {}) + 1)],
+                      "leak_check": leak_check}
         self._allow_warnings(self._vms.values())
         self._test_deadline = started + timeout
         self._test_scope = deadline.until(self._test_deadline)
@@ -486,6 +515,9 @@ class LuaFile:
             reason = self._lacks(vm)
             if reason:
                 return True, reason
+        for vm in self._vms.values():
+            vm.reported.clear()  # what a test's artifacts keep: its own findings
+            self._arm_leak_check(vm)
         return True
 
     def _op_end_test(self, result):
@@ -494,12 +526,11 @@ class LuaFile:
         self._test_scope.__exit__(None, None, None)
         self._test_deadline = None
         data = {_text(k): _text(v) for k, v in dict(result).items()}
-        for vm in list(self._vms.values()):
-            try:
-                vm.check_console()
-            except GuestCrash as exc:  # a crash the test's own ops did not run into
-                if data.get("outcome") in ("passed", "skipped"):
-                    data = {"outcome": "error", "message": str(exc)}
+        found = self._findings_at_end(check_leaks=data.get("outcome") == "passed" and not timed_out)
+        if found and data.get("outcome") in ("passed", "skipped"):
+            data = {"outcome": "error", "message": found}
+        elif found:
+            data["message"] = f"{data.get('message') or ''}\n{found}"
         self._allow_warnings(self._vms.values())  # the test's allowance ends with it
         failed = data.get("outcome") in ("failed", "error")
         if failed and "--- console" not in (data.get("message") or ""):
@@ -518,20 +549,41 @@ class LuaFile:
             data["where"] = test["where"]
         self._report(data, name=test["name"], duration=time.monotonic() - test["started"])
 
+    def _findings_at_end(self, check_leaks):
+        """What the test's VMs found that its ops did not raise: the leaks of a passed test (when it
+        checks them), then every kernel report on a console not reported yet."""
+        problems = []
+        if check_leaks:
+            try:
+                self._check_leaks()
+            except (GuestCrash, AgentError) as exc:
+                problems.append(str(exc))
+        for vm in list(self._vms.values()):
+            try:
+                vm.check_console()
+            except GuestCrash as exc:
+                problems.append(str(exc))
+        return "\n".join(problems)
+
     def _keep_artifacts(self, test, data):
-        """--artifacts: the failed test's record and the full console log of each of its VMs."""
+        """--artifacts: the failed test's record, the full console log of each of its VMs, and each kernel
+        finding of the test as the kernel printed it and with its frames decoded."""
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.display_name}--{test['name']}").strip("_")
         target = self.options.artifacts / slug
         target.mkdir(parents=True, exist_ok=True)
-        consoles = {}
-        for handle in test["vms"]:
-            vm = self._vms.get(handle)
-            if vm is not None:
-                name = f"console-{handle}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', vm.name)}.log"
-                (target / name).write_text(vm.console_text())
-                consoles[vm.name] = name
+        consoles, found = {}, []
+        for handle, vm in self._vms.items():
+            stem = f"{handle}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', vm.name)}"
+            if handle in test["vms"]:
+                (target / f"console-{stem}.log").write_text(vm.console_text())
+                consoles[vm.name] = f"console-{stem}.log"
+            for index, (finding, decoded) in enumerate(vm.reported, 1):
+                (target / f"finding-{stem}-{index}.txt").write_text(finding.report + "\n")
+                (target / f"finding-{stem}-{index}.decoded.txt").write_text(decoded + "\n")
+                found.append({"vm": vm.name, "kind": finding.kind, "title": finding.title,
+                              "report": f"finding-{stem}-{index}.txt", "decoded": f"finding-{stem}-{index}.decoded.txt"})
         record = {"file": self.display_name, "test": test["name"], "where": data.get("where") or test["where"],
-                  "duration": time.monotonic() - test["started"], "consoles": consoles,
+                  "duration": time.monotonic() - test["started"], "consoles": consoles, "findings": found,
                   **{k: v for k, v in data.items() if isinstance(v, str)}}
         (target / "failure.json").write_text(json.dumps(record, indent=1))
 

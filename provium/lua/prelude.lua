@@ -740,9 +740,10 @@ function test(name, opts, fn)
   check("test", 1, "name", name, "string")
   check("test", 2, "opts", opts, "table")
   check("test", fn_index, "fn", fn, "function")
-  known_options("test", opts, {timeout = true, allow_warnings = true, kconfig = true})
+  known_options("test", opts, {timeout = true, allow_warnings = true, kconfig = true, leak_check = true})
   check("test", 2, "opts.timeout", opts.timeout, "number", true)
   check("test", 2, "opts.allow_warnings", opts.allow_warnings, "boolean", true)
+  check("test", 2, "opts.leak_check", opts.leak_check, "boolean", true)
   check("test", 2, "opts.kconfig", opts.kconfig, "table", true)
   for i, option in ipairs(opts.kconfig or {}) do
     if type(option) ~= "string" then
@@ -753,7 +754,7 @@ function test(name, opts, fn)
     error("test(): cannot nest test '" .. name .. "' inside test '" .. current_test .. "'", 2)
   end
   local started, skip = call(bridge.begin_test, name, where(2), opts.timeout, opts.allow_warnings == true,
-    opts.kconfig or {})
+    opts.kconfig or {}, opts.leak_check)
   if not started then
     return -- deselected, or only listing
   end
