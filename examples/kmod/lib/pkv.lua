@@ -11,7 +11,15 @@ M.SET = ioc(IOC_WRITE, "k", 1, 16)                  -- _IOW: struct pkv_entry
 M.COUNT = ioc(IOC_READ, "k", 2, 8)                  -- _IOR: __u64
 M.XCHG = ioc(IOC_READ | IOC_WRITE, "k", 3, 16)      -- _IOWR: struct pkv_entry
 M.BLOB = ioc(IOC_READ | IOC_WRITE, "k", 4, 16)      -- _IOWR: struct pkv_blob_req (user pointer)
-M.DEBUG_WARN = ioc(0, "k", 16, 0)                   -- _IO: WARN_ON(arg), with debug_ioctls=1 only
+-- the deliberately broken debug ioctls (_IO), answered with debug_ioctls=1 only
+M.DEBUG_WARN = ioc(0, "k", 16, 0)                   -- WARN_ON(arg)
+M.DEBUG_UAF = ioc(0, "k", 17, 0)                    -- reads freed memory: KASAN
+M.DEBUG_LEAK = ioc(0, "k", 18, 0)                   -- loses arg bytes: kmemleak
+M.DEBUG_ABBA = ioc(0, "k", 19, 0)                   -- two mutexes in both orders: lockdep
+M.DEBUG_SLEEP = ioc(0, "k", 20, 0)                  -- GFP_KERNEL under a spinlock
+M.DEBUG_REFCOUNT = ioc(0, "k", 21, 0)               -- refcount_t increment from 0
+M.DEBUG_INDEX = ioc(0, "k", 22, 0)                  -- element arg of a u64[4]: UBSAN
+M.DEBUG_LIST = ioc(0, "k", 23, 0)                   -- list_add on a corrupted list
 M.KEYS, M.BLOB_MAX = 16, 256
 M.DEVICE = "/dev/provium_kv"
 

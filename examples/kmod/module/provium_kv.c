@@ -5,9 +5,13 @@
  * one blob of up to 256 bytes (write/read), behind one mutex.
  */
 #include <linux/fs.h>
+#include <linux/list.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/refcount.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
 #include <linux/uaccess.h>
 
 #include "provium_kv.h"
@@ -21,6 +25,115 @@ static u64 pkv_values[PKV_KEYS];
 static unsigned long pkv_present; /* bit per key */
 static char pkv_blob[PKV_BLOB_MAX];
 static size_t pkv_blob_len;
+
+/*
+ * The deliberately broken debug ioctls: each is one kind of bug a debug kernel
+ * reports (KASAN, kmemleak, lockdep, DEBUG_ATOMIC_SLEEP, refcount_t, UBSAN,
+ * DEBUG_LIST, WARN_ON). noinline keeps each in its own frame of the report.
+ */
+static DEFINE_MUTEX(pkv_debug_a);
+static DEFINE_MUTEX(pkv_debug_b);
+static DEFINE_SPINLOCK(pkv_debug_spin);
+
+static noinline long pkv_debug_use_after_free(void)
+{
+	u64 *values = kmalloc_array(4, sizeof(*values), GFP_KERNEL);
+
+	if (!values)
+		return -ENOMEM;
+	values[0] = 42;
+	kfree(values);
+	return READ_ONCE(values[0]) == 42; /* reads freed memory */
+}
+
+static noinline long pkv_debug_leak(unsigned long size)
+{
+	void *lost = kmalloc(clamp(size, 1UL, 4096UL), GFP_KERNEL);
+
+	if (!lost)
+		return -ENOMEM;
+	memset(lost, 0x6b, ksize(lost));
+	return 0; /* the only pointer to it is gone */
+}
+
+static noinline long pkv_debug_lock_order(void)
+{
+	mutex_lock(&pkv_debug_a);
+	mutex_lock(&pkv_debug_b);
+	mutex_unlock(&pkv_debug_b);
+	mutex_unlock(&pkv_debug_a);
+
+	mutex_lock(&pkv_debug_b);
+	mutex_lock(&pkv_debug_a); /* B then A: the reverse of the order above */
+	mutex_unlock(&pkv_debug_a);
+	mutex_unlock(&pkv_debug_b);
+	return 0;
+}
+
+static noinline long pkv_debug_sleep_in_atomic(void)
+{
+	void *buf;
+
+	spin_lock(&pkv_debug_spin);
+	buf = kmalloc(32, GFP_KERNEL); /* may sleep, under a spinlock */
+	spin_unlock(&pkv_debug_spin);
+	kfree(buf);
+	return 0;
+}
+
+static noinline long pkv_debug_refcount(void)
+{
+	refcount_t users = REFCOUNT_INIT(1);
+
+	if (refcount_dec_and_test(&users))
+		refcount_inc(&users); /* revives an object whose last user is gone */
+	return refcount_read(&users);
+}
+
+static noinline long pkv_debug_index(unsigned long index)
+{
+	struct { u64 values[4]; u64 after; } slots = { .after = 7 };
+
+	return (long)slots.values[index]; /* undefined for index >= 4 */
+}
+
+static noinline long pkv_debug_list(void)
+{
+	struct list_head head, first, second;
+
+	INIT_LIST_HEAD(&head);
+	list_add(&first, &head);
+	WRITE_ONCE(first.prev, &second); /* a stray write corrupts the list */
+	list_add(&second, &head);
+	return 0;
+}
+
+static long pkv_debug_ioctl(unsigned int cmd, unsigned long arg)
+{
+	if (!debug_ioctls)
+		return -EPERM;
+	switch (cmd) {
+	case PKV_DEBUG_WARN:
+		WARN_ON(arg);
+		return 0;
+	case PKV_DEBUG_UAF:
+		return pkv_debug_use_after_free();
+	case PKV_DEBUG_LEAK:
+		return pkv_debug_leak(arg);
+	case PKV_DEBUG_ABBA:
+		return pkv_debug_lock_order();
+	case PKV_DEBUG_SLEEP:
+		return pkv_debug_sleep_in_atomic();
+	case PKV_DEBUG_REFCOUNT:
+		return pkv_debug_refcount();
+	case PKV_DEBUG_INDEX:
+		return pkv_debug_index(arg);
+	case PKV_DEBUG_LIST:
+		return pkv_debug_list();
+	default:
+		return -ENOTTY;
+	}
+}
 
 static long pkv_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
@@ -69,12 +182,9 @@ static long pkv_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		}
 		mutex_unlock(&pkv_lock);
 		return ret;
-	case PKV_DEBUG_WARN:
-		if (!debug_ioctls)
-			return -EPERM;
-		WARN_ON(arg);
-		return 0;
 	default:
+		if (cmd >= PKV_DEBUG_WARN && cmd <= PKV_DEBUG_LIST)
+			return pkv_debug_ioctl(cmd, arg);
 		return -ENOTTY;
 	}
 }

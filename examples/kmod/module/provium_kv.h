@@ -26,9 +26,17 @@ struct pkv_blob_req {      /* 16 bytes: a user-space pointer to a buffer */
 #define PKV_BLOB  _IOWR('k', 4, struct pkv_blob_req) /* copy the stored blob to buf */
 
 /*
- * Deliberately broken ioctls, for testing the harness's kernel-finding watch.
- * They answer -EPERM unless the module is loaded with debug_ioctls=1.
+ * Deliberately broken ioctls, for testing the harness's kernel-finding watch:
+ * PKV_DEBUG_WARN to PKV_DEBUG_LIST. They answer -EPERM unless the module is
+ * loaded with debug_ioctls=1. Each is one bug a debug kernel reports.
  */
-#define PKV_DEBUG_WARN _IO('k', 16)                  /* WARN_ON(arg): a kernel warning when arg != 0 */
+#define PKV_DEBUG_WARN     _IO('k', 16)  /* WARN_ON(arg): a kernel warning when arg != 0 */
+#define PKV_DEBUG_UAF      _IO('k', 17)  /* reads a freed allocation: KASAN */
+#define PKV_DEBUG_LEAK     _IO('k', 18)  /* loses an allocation of arg bytes: kmemleak */
+#define PKV_DEBUG_ABBA     _IO('k', 19)  /* takes two mutexes in both orders: lockdep */
+#define PKV_DEBUG_SLEEP    _IO('k', 20)  /* allocates with GFP_KERNEL under a spinlock */
+#define PKV_DEBUG_REFCOUNT _IO('k', 21)  /* increments a refcount_t that reached 0 */
+#define PKV_DEBUG_INDEX    _IO('k', 22)  /* reads element arg of a u64[4]: UBSAN when arg >= 4 */
+#define PKV_DEBUG_LIST     _IO('k', 23)  /* adds to a corrupted list: DEBUG_LIST */
 
 #endif
