@@ -40,11 +40,12 @@ from .errors import BootError, ProviumError, QemuError
 from .profile_build import Preparer
 from .vm import SNAPSHOT_RAM, SNAPSHOT_STATE, SnapshotSpec, Vm, accelerator
 
-_FORMAT = 2
+_FORMAT = 3
 MANIFEST = "manifest.json"
 LAST_USED = "last-used"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 SUITE_ANCHOR, CACHE_ANCHOR = "@root/", "@cache/"
+BUILD_ANCHOR = "@build:"  # "@build:PROFILE/FILE": in the build directory of the suite's profile PROFILE
 
 
 class FixtureError(ProviumError):
@@ -178,9 +179,13 @@ class Fixtures:
         return digest(agent_build.build(self.cache), qemu_version(), accel, qemu.kernel_cmdline(accel, 0))
 
     def _anchor(self, path: Path) -> str | None:
-        """How a build input is recorded: by its place in the suite or the fixture cache; None for
-        a file in the run's scratch directory (the script made it from recorded inputs)."""
+        """How a build input is recorded: by its place in the suite, in a profile's build directory (its
+        place in the cache depends on the suite's) or in the cache; None for a file in the run's scratch
+        directory (the script made it from recorded inputs)."""
         path = Path(os.path.realpath(path))
+        for profile, build_dir in self.preparer.build_dirs().items():
+            if Path(os.path.realpath(build_dir)) in path.parents:
+                return f"{BUILD_ANCHOR}{profile}/{path.relative_to(os.path.realpath(build_dir))}"
         scratch = self.options.scratch
         for base, anchor in ((scratch, None), (self.config.root, SUITE_ANCHOR), (self.cache.root, CACHE_ANCHOR)):
             base = base and Path(os.path.realpath(base))
@@ -189,6 +194,9 @@ class Fixtures:
         return str(path)
 
     def _resolve(self, anchored: str) -> Path:
+        if anchored.startswith(BUILD_ANCHOR):
+            profile, _, rest = anchored[len(BUILD_ANCHOR):].partition("/")
+            return self.preparer.prepare(self.config.profile(profile)).build_dir / rest
         for anchor, base in ((SUITE_ANCHOR, self.config.root), (CACHE_ANCHOR, self.cache.root)):
             if anchored.startswith(anchor):
                 return Path(base) / anchored[len(anchor):]

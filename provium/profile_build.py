@@ -67,6 +67,12 @@ class Preparer:
             raise done
         return done
 
+    def build_dirs(self) -> dict[str, Path]:
+        """The build directory of each profile prepared so far, by profile name."""
+        with self._lock:
+            return {profile.name: done.build_dir for profile, done in list(self._done.items())
+                    if isinstance(done, Prepared)}
+
     def _prepare(self, profile):
         where = f"{profile.source}: profile {profile.name!r}"
         try:

@@ -112,6 +112,24 @@ def test_fixtures_build_on_a_clean_checkout_runs_the_profile_build_first(suite):
     assert suite.qemu_pids() == []
 
 
+def test_two_checkouts_of_a_suite_boot_their_own_module_from_one_cache(suite):
+    """The fixture's .ko comes from each checkout's own build directory: its entry records it by the
+    profile's build directory, not by that directory's place in the cache (which depends on the suite)."""
+    first, second = clean_copy(suite, "kmod"), suite.root / "second"
+    shutil.copytree(first, second)
+    source = second / "module" / "provium_kv.c"
+    source.write_text(source.read_text().replace('"provium_kv: loaded\\n"', '"provium_kv: loaded, second\\n"'))
+    check = ('test("loaded", function()\n'
+             '  print(provium.fixture("kmod"):dmesg("provium_kv: loaded"))\n  error("show")\nend)\n')
+    cache = {"XDG_CACHE_HOME": str(suite.root / "cache")}
+    for copy, expected in ((first, "provium_kv: loaded\n"), (second, "provium_kv: loaded, second"),
+                           (first, "provium_kv: loaded\n")):
+        (copy / "tests" / "loaded.lua").write_text(check)
+        out = suite.run("run", "tests/loaded.lua", cwd=copy, env=cache, timeout=600).stdout
+        assert expected in out and ("second" in out) == ("second" in expected), out
+    assert suite.qemu_pids() == []
+
+
 def test_a_kernel_warning_fails_the_test_that_provoked_it(suite):
     copy = clean_copy(suite, "kmod")
     (copy / "tests" / "warn.lua").write_text("""\
@@ -143,7 +161,7 @@ end)
     assert out.splitlines()[-1] == "2 passed, 2 failed, 0 skipped", out
     assert re.search(r"ERROR warns \(\d+\.\d+ s\)\n *tests/warn\.lua:10: .*kernel warning: WARNING: CPU: \d+ PID: \d+ "
                      r"at \S*provium_kv\.c:\d+ pkv_ioctl", out), out
-    assert "--- console around the failure ---" in out
+    assert re.search(r"--- kernel warning ---\n *------------\[ cut here \]------------\n *WARNING: CPU", out), out
     assert re.search(r"ok +the same VM serves the next test", out)
     assert re.search(r"ok +allowed here", out)
     assert re.search(r"ERROR not allowed again", out)
