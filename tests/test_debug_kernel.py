@@ -86,7 +86,7 @@ def test_each_broken_ioctl_fails_its_test_named_with_a_decoded_line_of_the_modul
     out = result.stdout
     assert result.returncode == 1, out + result.stderr
     assert out.splitlines()[-1] == "2 passed, 8 failed, 0 skipped", out
-    blocks = re.split(r"\n(?=\S)", out)  # a test's line and its indented message
+    blocks = [b.strip() for b in re.split(r"\n(?=  \S|\S)", out)]  # a test's line and its indented message
     for name, (line, title, function) in EXPECTED.items():
         block = next(b for b in blocks if re.match(rf"(FAIL|ERROR) {re.escape(name)} \(", b))
         assert re.search(rf"tests/broken\.lua:{line}: VM 'kmod': {title}", block), block
