@@ -108,9 +108,10 @@ def test_each_broken_ioctl_fails_its_test_named_with_a_decoded_line_of_the_modul
     assert suite.qemu_pids() == []
 
 
-def test_the_module_suite_passes_on_the_debug_kernel_with_no_finding(suite):
+def test_the_module_suite_passes_on_the_stock_and_the_debug_kernel_with_no_finding(suite):
     kmod = EXAMPLES / "kmod"
-    result = suite.run("run", "--matrix", "kmod=kmod-debug", str(kmod / "tests"), timeout=2400)
+    result = suite.run("run", "--matrix", "kmod=kmod,kmod-debug", str(kmod / "tests"), timeout=2400)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines()[-1] == f"{count_tests(kmod)} passed, 0 failed, 0 skipped"
+    assert result.stdout.splitlines()[-1] == f"{2 * count_tests(kmod)} passed, 0 failed, 0 skipped"
+    assert "examples/kmod/tests/ioctls.lua[kmod-debug]" in result.stdout
     assert suite.qemu_pids() == []
