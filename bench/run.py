@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import boot  # noqa: E402
+import debug  # noqa: E402
 import fixtures  # noqa: E402
 import kernels  # noqa: E402
 import modules  # noqa: E402
@@ -28,6 +29,8 @@ def main():
     modules.main(["--quick"] if quick else ["--runs", "7"])
     print()
     kernels.main(["--quick"] if quick else ["--runs", "7"])
+    print()
+    debug.main(["--quick"] if quick else ["--runs", "7"])
     print()
     ops.main(["--iterations", "20" if quick else "300"])
     print()

@@ -67,6 +67,7 @@ def display_name(path):
 
 
 _MODULE_PART = re.compile(r"^[A-Za-z0-9_-]+$")
+_SECTION = re.compile(r"^ *--- .+ ---$", re.M)  # a console tail or a kernel report in a failure's message
 
 
 @dataclass(frozen=True)
@@ -533,7 +534,7 @@ class LuaFile:
             data["message"] = f"{data.get('message') or ''}\n{found}"
         self._allow_warnings(self._vms.values())  # the test's allowance ends with it
         failed = data.get("outcome") in ("failed", "error")
-        if failed and "--- console" not in (data.get("message") or ""):
+        if failed and not _SECTION.search(data.get("message") or ""):  # no console or kernel report in it yet
             tails = {self._vms[h].name: self._vms[h].console_tail() for h in test["vms"] if h in self._vms}
             data["consoles"] = {name: tail for name, tail in tails.items() if tail.strip()}
         if failed and self.options.artifacts:

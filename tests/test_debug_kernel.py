@@ -115,3 +115,23 @@ def test_the_module_suite_passes_on_the_stock_and_the_debug_kernel_with_no_findi
     assert result.stdout.splitlines()[-1] == f"{2 * count_tests(kmod)} passed, 0 failed, 0 skipped"
     assert "examples/kmod/tests/ioctls.lua[kmod-debug]" in result.stdout
     assert suite.qemu_pids() == []
+
+
+def test_an_archive_kernel_with_its_debug_symbols_decodes_kernel_and_module_frames(suite):
+    """Debian's 6.12 cloud kernel and its -dbg package (318 MB, fetched once per cache)."""
+    copy = clean_copy(suite, "kmod")
+    with (copy / "provium.toml").open("a") as toml:
+        toml.write('\n[profiles.kmod-dbgsym]\nkernel = "apt:linux-image-6.12-cloud-amd64"\ndebug_symbols = true\n'
+                   'memory = "256M"\nbuild = "make -s -C module"\n')
+    (copy / "tests" / "warn.lua").write_text(BROKEN.split('\ntest("use after free"')[0] + """
+test("warn", function()
+  local vm, fd = debug_fd()
+  vm:ioctl(fd, pkv.DEBUG_WARN, 1)
+end)
+""")
+    result = suite.run("run", "--matrix", "kmod=kmod-dbgsym", "tests/warn.lua", cwd=copy, timeout=1200)
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    assert re.search(r"pkv_ioctl\+0x[0-9a-f]+/0x[0-9a-f]+ \[provium_kv\] \(\S*provium_kv\.c:\d+", out), out
+    assert re.search(r"__x64_sys_ioctl\+0x[0-9a-f]+/0x[0-9a-f]+ \(fs/ioctl\.c:\d+", out), out
+    assert suite.qemu_pids() == []
