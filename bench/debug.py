@@ -12,18 +12,11 @@ age), and one kmemleak scan alone. 512M, 1 vCPU, as examples/kmod's kmod-debug.
 """
 
 import argparse
-import shutil
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-from provium import config, kernels, kmemleak
-from provium.cache import Cache
-from provium.fixtures import Fixtures
-from provium.lua_runtime import FileOptions, build_fixture
-from provium.profile_build import Preparer
-from provium.vm import Vm
+from kernel_suite import cold_boot, first_exec, kernel_suite
+from provium import kernels, kmemleak
 
 SUITE = """
 [profiles.minimal]
@@ -36,18 +29,7 @@ kernel_source = "apt:linux-source-6.12"
 kconfig = ["minimal", "debug"]
 memory = "512M"
 """
-FIXTURE = b'local vm = provium.create("k")\nvm:boot()\nvm:write_file("/tmp/prepared", "yes")\nreturn vm\n'
 GETPID = 39
-
-
-def first_exec(start):
-    """Seconds from `start` until a VM it returns answers its first exec."""
-    started = time.monotonic()
-    vm = start()
-    assert vm.exec("true").ok
-    elapsed = time.monotonic() - started
-    vm.shutdown()
-    return elapsed
 
 
 def a_test(fixtures, leak_check=False):
@@ -84,31 +66,13 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="two rounds: check that the benchmark works")
     args = parser.parse_args(argv)
     runs = 2 if args.quick else args.runs
-    suite = Path(tempfile.mkdtemp(prefix="provium-bench-debug-"))
-    try:
-        (suite / "provium.toml").write_text(SUITE)
-        (suite / "fixtures").mkdir()
-        (suite / "fixtures" / "k.lua").write_bytes(FIXTURE)
-        cfg, cache = config.load(suite), Cache()
-        preparer = Preparer(cache, lambda line: print(f"  {line}", flush=True))
-        names = ["minimal", "debug"]
-        prepared = {name: preparer.prepare(cfg.profile(name)) for name in names}
-        fixtures = {name: Fixtures(cfg, cache, build_fixture,
-                                   FileOptions(scratch=suite, preparer=preparer, aliases=(("k", name),)))
-                    for name in names}
-        for name in names:
-            fixtures[name].entry("k")
+    names = ["minimal", "debug"]
+    with kernel_suite(SUITE, names) as (cache, prepared, fixtures):
         times = {(name, what): [] for name in names for what in ("cold", "resume", "test")}
         checked, scans = [], []
         for _ in range(runs):
             for name in names:
-                profile = prepared[name].profile
-
-                def boot(profile=profile):
-                    vm = Vm(profile, cache)
-                    vm.boot()
-                    return vm
-                times[name, "cold"].append(first_exec(boot))
+                times[name, "cold"].append(first_exec(lambda name=name: cold_boot(prepared[name].profile, cache)))
                 times[name, "resume"].append(first_exec(lambda name=name: fixtures[name].resume("k")))
                 times[name, "test"].append(a_test(fixtures[name]))
             checked.append(a_test(fixtures["debug"], leak_check=True))
@@ -130,11 +94,6 @@ def main(argv=None):
         print(f"leak check: a test {with_check:.3f} s with it, {median['debug', 'test']:.3f} s without: "
               f"+{with_check - median['debug', 'test']:.3f} s per test; one kmemleak scan "
               f"{statistics.median(scans):.3f} s; kmemleak's minimum age {kmemleak.MIN_AGE} s")
-        for f in fixtures.values():
-            f.close()
-    finally:
-        shutil.rmtree(suite, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

@@ -10,18 +10,10 @@ round by round.
 """
 
 import argparse
-import shutil
 import statistics
-import tempfile
-import time
-from pathlib import Path
 
-from provium import config, kernels
-from provium.cache import Cache
-from provium.fixtures import Fixtures
-from provium.lua_runtime import FileOptions, build_fixture
-from provium.profile_build import Preparer
-from provium.vm import Vm
+from kernel_suite import cold_boot, first_exec, kernel_suite
+from provium import kernels
 
 TARGET_MINIMAL_COLD = 0.6
 SUITE = """
@@ -37,17 +29,6 @@ kernel_source = "apt:linux-source-6.12"
 kconfig = ["minimal"]
 memory = "256M"
 """
-FIXTURE = b'local vm = provium.create("k")\nvm:boot()\nvm:write_file("/tmp/prepared", "yes")\nreturn vm\n'
-
-
-def first_exec(start):
-    """Seconds from `start` until a VM it returns answers its first exec."""
-    started = time.monotonic()
-    vm = start()
-    assert vm.exec("true").ok
-    elapsed = time.monotonic() - started
-    vm.shutdown()
-    return elapsed
 
 
 def main(argv=None):
@@ -56,31 +37,13 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="two rounds: check that the benchmark works")
     args = parser.parse_args(argv)
     runs = 2 if args.quick else args.runs
-    suite = Path(tempfile.mkdtemp(prefix="provium-bench-kernels-"))
-    try:
-        (suite / "provium.toml").write_text(SUITE)
-        (suite / "fixtures").mkdir()
-        (suite / "fixtures" / "k.lua").write_bytes(FIXTURE)
-        cfg, cache = config.load(suite), Cache()
-        preparer = Preparer(cache, lambda line: print(f"  {line}", flush=True))
-        names = ["stock", "archive-cloud", "built-minimal"]
-        prepared = {name: preparer.prepare(cfg.profile(name)) for name in names}
-        fixtures = {name: Fixtures(cfg, cache, build_fixture,
-                                   FileOptions(scratch=suite, preparer=preparer, aliases=(("k", name),)))
-                    for name in names}
-        for name in names:
-            fixtures[name].entry("k")
+    names = ["stock", "archive-cloud", "built-minimal"]
+    with kernel_suite(SUITE, names) as (cache, prepared, fixtures):
         cold = {name: [] for name in names}
         resume = {name: [] for name in names}
         for _ in range(runs):
             for name in names:
-                profile = prepared[name].profile
-
-                def boot(profile=profile):
-                    vm = Vm(profile, cache)
-                    vm.boot()
-                    return vm
-                cold[name].append(first_exec(boot))
+                cold[name].append(first_exec(lambda name=name: cold_boot(prepared[name].profile, cache)))
                 resume[name].append(first_exec(lambda name=name: fixtures[name].resume("k")))
         index = {record["source"]: record for record in kernels.cached(cache)}
         print(f"kernels: cold boot and fixture resume -> first exec, {runs} runs each, interleaved, 256M, 1 vCPU")
@@ -96,10 +59,6 @@ def main(argv=None):
         minimal = statistics.median(cold["built-minimal"])
         print(f"built-minimal cold boot {minimal:.3f} s against the target {TARGET_MINIMAL_COLD} s: "
               f"{TARGET_MINIMAL_COLD / minimal:.2f}x")
-        for f in fixtures.values():
-            f.close()
-    finally:
-        shutil.rmtree(suite, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ runs; the wait is bounded by the thread's deadline.
 """
 
 import threading
-import time
 
 from . import deadline
 from .errors import DeadlineError

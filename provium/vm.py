@@ -7,7 +7,6 @@ worker is channel 1); GuestOps holds them so that workers can share them.
 
 import functools
 import os
-import re
 import shlex
 import subprocess
 import time

@@ -5,7 +5,6 @@ import re
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from conftest import build_hello, vermagic
@@ -352,7 +351,7 @@ def test_only_the_vmlinux_and_the_ko_files_are_unpacked_from_a_debug_package(tmp
     files = {f"usr/lib/debug/boot/vmlinux-{release}": "vmlinux", f"usr/lib/debug/boot/System.map-{release}": "map",
              f"usr/lib/debug/lib/modules/{release}/kernel/drivers/block/virtio_blk.ko": "ko",
              f"usr/lib/debug/lib/modules/{release}/modules.order": "order",
-             f"usr/lib/debug/lib/modules/6.1.0-47-cloud-amd64/kernel/other.ko": "another release's",
+             "usr/lib/debug/lib/modules/6.1.0-47-cloud-amd64/kernel/other.ko": "another release's",
              "usr/share/doc/linux-image-dbg/changelog.Debian.gz": "doc"}
     for name, text in files.items():
         (package / name).parent.mkdir(parents=True, exist_ok=True)

@@ -3,15 +3,13 @@
 import os
 import socket
 import struct
-import sys
 import threading
 
 import msgpack
 import pytest
 
-from provium import agent_client, protocol, qemu
+from provium import protocol, qemu
 from provium.agent_client import AgentClient, ConnectionLost
-from provium.cache import default_root
 from provium.config import load, newest_host_kernel
 from provium.errors import AgentError, ProtocolError
 from provium.vm import Vm

@@ -1,7 +1,6 @@
 """provium.toml: suite root discovery, profiles, and one-line errors."""
 
 import dataclasses
-import os
 
 import pytest
 

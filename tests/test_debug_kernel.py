@@ -10,6 +10,8 @@ import re
 import pytest
 from test_examples import EXAMPLES, clean_copy, count_tests
 
+pytestmark = pytest.mark.kbuild
+
 BROKEN = """\
 local pkv = require("lib.pkv")
 
