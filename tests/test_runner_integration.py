@@ -37,9 +37,31 @@ def test_a_bug_report_that_does_not_panic_fails_the_test(suite):
     result = suite.run("run", "oops.lua")
     assert result.returncode == 1
     assert re.search(r"ERROR reports a bug \(\d\.\d+ s\)", result.stdout), result.stdout
-    assert "KASAN report: BUG: KASAN: slab-out-of-bounds in provium_test" in result.stdout
-    assert "--- console around the failure ---" in result.stdout
+    assert "VM 'minimal': KASAN: slab-out-of-bounds in provium_test+0x10/0x20" in result.stdout
+    assert "--- KASAN report ---" in result.stdout
     assert re.search(r"ok +the VM is shut down after it", result.stdout)
+
+
+def test_a_report_that_arrives_while_no_op_waits_fails_the_test_that_was_running(suite):
+    # printed by a background job while the test computes in Lua: the test's end finds it
+    rule = "=" * 66
+    lines = [rule, "BUG: KASAN: slab-use-after-free in late_bug+0x1/0x2", "Read of size 8", rule]
+    printf = "; ".join(f"echo '<1>{line}' > /dev/kmsg" for line in lines)
+    suite.write("late.lua", SHARED + f"""\
+        test("computes while the kernel reports", function()
+          vm:background("sleep 1; {printf}")
+          local started = os.clock()
+          while os.clock() - started < 4 do end
+        end)
+        test("the next test on the VM", function() assert(vm:exec("true").ok) end)
+        """)
+    result = suite.run("run", "late.lua")
+    out = result.stdout
+    assert result.returncode == 1, out
+    assert re.search(r"ERROR computes while the kernel reports \(\d+\.\d+ s\)\n.*late\.lua:\d+: "
+                     r"VM 'minimal': KASAN: slab-use-after-free in late_bug\+0x1/0x2\n", out), out
+    assert "Read of size 8" in out
+    assert re.search(r"ok +the next test on the VM", out), "reported once, to the test that was running"
 
 
 def test_a_hung_exec_fails_at_its_deadline_and_the_next_test_runs(suite):
