@@ -294,19 +294,19 @@ class LuaFile:
         if wanted and vm.state == "running" and not kernels.missing_options(tree, ["DEBUG_KMEMLEAK"]):
             kmemleak.arm(vm)
 
-    def _check_leaks(self):
-        """The running test's leaks, on each armed VM (one wait for them all): GuestCrash for the first
-        VM with some."""
-        armed = [vm for vm in self._vms.values() if vm.leak_since is not None and vm.state == "running"]
+    def _leaks(self, check):
+        """Each leaking VM's GuestCrash message for the running test's leaks, when `check` (one wait for
+        all its armed VMs); every VM is disarmed either way."""
+        armed = [vm for vm in self._vms.values() if vm.leak_since is not None]
         try:
+            if not check:
+                return []
             with deadline.suspended():
-                found = kmemleak.check(armed)
+                found = kmemleak.check([vm for vm in armed if vm.state == "running"])
+            return [str(vm.found(tuple(leaks))) for vm, leaks in found.items() if leaks]
         finally:
             for vm in armed:
                 vm.leak_since = None
-        for vm, leaks in found.items():
-            if leaks:
-                raise vm.found(tuple(leaks))
 
     def _lacks(self, vm):
         """Why the running test cannot run on the VM's kernel (options it needs are off), or None."""
@@ -553,12 +553,10 @@ class LuaFile:
     def _findings_at_end(self, check_leaks):
         """What the test's VMs found that its ops did not raise: the leaks of a passed test (when it
         checks them), then every kernel report on a console not reported yet."""
-        problems = []
-        if check_leaks:
-            try:
-                self._check_leaks()
-            except (GuestCrash, AgentError) as exc:
-                problems.append(str(exc))
+        try:
+            problems = self._leaks(check_leaks)
+        except AgentError as exc:  # kmemleak could not scan
+            problems = [str(exc)]
         for vm in list(self._vms.values()):
             try:
                 vm.check_console()

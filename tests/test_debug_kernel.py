@@ -63,6 +63,14 @@ test("no leak checked", {leak_check = true}, function()
   local vm, fd = debug_fd()
   assert_eq(0, vm:ioctl(fd, pkv.DEBUG_INDEX, 3))
 end)
+local shared, shared_fd = debug_fd()
+test("fails after leaking", {leak_check = true}, function()
+  shared:ioctl(shared_fd, pkv.DEBUG_LEAK, 100)
+  error("a failure of its own")
+end)
+test("the next test on that VM is not charged with it", function()
+  assert_eq(0, shared:ioctl(shared_fd, pkv.DEBUG_INDEX, 0))
+end)
 """
 
 # test name -> (the line it fails at, the finding's name, the function a decoded frame names)
@@ -87,7 +95,7 @@ def test_each_broken_ioctl_fails_its_test_named_with_a_decoded_line_of_the_modul
                        cwd=copy, timeout=2400)
     out = result.stdout
     assert result.returncode == 1, out + result.stderr
-    assert out.splitlines()[-1] == "2 passed, 8 failed, 0 skipped", out
+    assert out.splitlines()[-1] == "3 passed, 9 failed, 0 skipped", out
     blocks = [b.strip() for b in re.split(r"\n(?=  \S|\S)", out)]  # a test's line and its indented message
     for name, (line, title, function) in EXPECTED.items():
         block = next(b for b in blocks if re.match(rf"(FAIL|ERROR) {re.escape(name)} \(", b))
@@ -99,6 +107,7 @@ def test_each_broken_ioctl_fails_its_test_named_with_a_decoded_line_of_the_modul
                      r"pkv_debug_leak\+0x[0-9a-f]+/0x[0-9a-f]+ \[provium_kv\]", leak), leak
     assert re.search(r"inlined by pkv_debug_leak \(\S*provium_kv\.c:\d+", leak), leak
     assert re.search(r"ok +leak unchecked", out) and re.search(r"ok +no leak checked", out)
+    assert re.search(r"ok +the next test on that VM is not charged with it", out), out
     # --artifacts keeps each report as printed and decoded
     kept = json.loads(next(artifacts.glob("*use_after_free*/failure.json")).read_text())
     finding = kept["findings"][0]
