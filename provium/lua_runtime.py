@@ -303,7 +303,7 @@ class LuaFile:
                 return []
             with deadline.suspended():
                 found = kmemleak.check([vm for vm in armed if vm.state == "running"])
-            return [str(vm.found(tuple(leaks))) for vm, leaks in found.items() if leaks]
+            return [str(vm.crash_for(tuple(leaks))) for vm, leaks in found.items() if leaks]
         finally:
             for vm in armed:
                 vm.leak_since = None

@@ -372,12 +372,12 @@ class Vm(GuestOps):
         raised = tuple(located.finding for located in found
                        if not (located.finding.kind == findings.KERNEL_WARNING and self.allow_warnings))
         if raised:
-            crash = self.found(raised)
+            crash = self.crash_for(raised)
             if any(finding.fatal for finding in raised):
                 self.crash = crash
             raise crash
 
-    def found(self, raised: tuple[Finding, ...]) -> GuestCrash:
+    def crash_for(self, raised: tuple[Finding, ...]) -> GuestCrash:
         """The GuestCrash for findings of this VM, their frames decoded (on the harness's time, not the
         test's); they are kept in `reported` for the test's artifacts."""
         with deadline.suspended():
