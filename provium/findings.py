@@ -57,8 +57,10 @@ class Finding:
 
     @property
     def name(self) -> str:
-        """How a failure names it: "KASAN: slab-use-after-free in f+0x1/0x2", "lockdep report: ..."."""
-        return self.title if self.title.startswith(self.kind.split()[0]) else f"{self.kind}: {self.title}"
+        """How a failure names it: "KASAN: slab-use-after-free in f+0x1/0x2", "BUG: sleeping function
+        called from invalid context at ...", "lockdep report: ..." (the kind where the title lacks it)."""
+        named = self.title.startswith(self.kind.split()[0]) or self.kind == KERNEL_BUG
+        return self.title if named else f"{self.kind}: {self.title}"
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class Entry:
     variant: str  # the content of everything the build read
     path: Path
     spec: SnapshotSpec
+    modules: tuple[Path, ...] = ()  # the .ko files its build booted with, its deps' too (to decode reports)
 
     @property
     def identity(self) -> str:
@@ -245,15 +246,17 @@ class Fixtures:
             for file, file_hash in manifest["files"].items():
                 if file_digest(self._resolve(file)) != file_hash:
                     return None
+            modules = [self._resolve(file) for file in manifest["files"] if file.endswith(".ko")]
             for dep, identity in manifest["deps"].items():
                 found = self._find(dep, self.key(dep))
                 if found is None or found.identity != identity:
                     return None
+                modules += found.modules
             self._attach_disks(path, manifest["disks"])
         except (OSError, ValueError, KeyError, TypeError, ProviumError):
             return None  # missing, partial, corrupt or stale: a miss, never a crash
         spec = dataclasses.replace(spec, vmlinux=str(boot.vmlinux), initrd=str(boot.initrd))
-        return Entry(name, key, path.name, path, spec)
+        return Entry(name, key, path.name, path, spec, tuple(dict.fromkeys(modules)))
 
     def _attach_disks(self, path, disks):
         """Point each frozen disk overlay at its backing image where that is now (a moved suite or cache)."""
@@ -317,7 +320,9 @@ class Fixtures:
         finally:
             shutil.rmtree(build_dir, ignore_errors=True)
         self.evict(keep=final)
-        return Entry(name, key, variant, final, spec)
+        modules = [path for path in result.files if path.name.endswith(".ko")]
+        modules += [module for dep in result.deps for module in self.entry(dep).modules]
+        return Entry(name, key, variant, final, spec, tuple(dict.fromkeys(modules)))
 
     def _sweep(self):
         """Remove build directories of provium processes that are gone (killed mid-build)."""

@@ -338,9 +338,12 @@ class LuaFile:
         name = _text(name)
         handle = self._new_handle()
         vm = self.fixtures.clone(name, snapshot_dir=self._snapshot_dir(handle))
+        entry = self.fixtures.entry(name)
         if self.snapshot_root:
-            self.fixture_deps[name] = self.fixtures.entry(name).identity
-        return self._add_vm(handle, vm)
+            self.fixture_deps[name] = entry.identity
+        self._add_vm(handle, vm)
+        vm.symbols = vm.symbols.with_modules(entry.modules)  # the .ko its build booted with
+        return handle
 
     def _op_require_source(self, name):
         """The source and chunk name of module `name`, from the suite root or the file's directory."""
@@ -527,7 +530,7 @@ class LuaFile:
         self._test_scope.__exit__(None, None, None)
         self._test_deadline = None
         data = {_text(k): _text(v) for k, v in dict(result).items()}
-        found = self._findings_at_end(check_leaks=data.get("outcome") == "passed" and not timed_out)
+        found = self._findings_at_end(passed=data.get("outcome") == "passed", check_leaks=not timed_out)
         if found and data.get("outcome") in ("passed", "skipped"):
             data = {"outcome": "error", "message": found}
         elif found:
@@ -550,13 +553,16 @@ class LuaFile:
             data["where"] = test["where"]
         self._report(data, name=test["name"], duration=time.monotonic() - test["started"])
 
-    def _findings_at_end(self, check_leaks):
-        """What the test's VMs found that its ops did not raise: the leaks of a passed test (when it
-        checks them), then every kernel report on a console not reported yet."""
+    def _findings_at_end(self, passed, check_leaks):
+        """What fails the test besides its own failure: in a passed test, the findings its ops raised
+        that its code caught (pcall) and its leaks (when it checks them, and there is time); in any
+        test, every kernel report on a console not reported yet."""
+        problems = [str(GuestCrash(vm.name, *zip(*vm.reported))) for vm in self._vms.values()
+                    if passed and vm.reported]
         try:
-            problems = self._leaks(check_leaks)
+            problems += self._leaks(passed and check_leaks)
         except AgentError as exc:  # kmemleak could not scan
-            problems = [str(exc)]
+            problems.append(str(exc))
         for vm in list(self._vms.values()):
             try:
                 vm.check_console()

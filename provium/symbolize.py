@@ -21,7 +21,8 @@ on a line of its own, under the frame:
     [   12.345683]  outer+0x10/0x99
 
 Kernel paths are shown relative to the kernel tree (the directory in which vmlinux's line
-table has init/main.c); module paths as the module's line table has them. A frame that
+table has init/main.c), in module frames too (the kernel's headers a module inlines); a
+module's own paths as its line table has them. A frame that
 cannot be placed (no object, no debug info, no symbol of that size) stays as it is.
 
 One addr2line runs per object and section in a decode; the symbol tables and the module
@@ -34,8 +35,8 @@ import math
 import os
 import re
 import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 _TIMEOUT = 120  # seconds, for one readelf or addr2line over a debug vmlinux (80-600 MB)
@@ -58,6 +59,11 @@ class Symbols:
     """Where a guest kernel's objects with line tables are."""
     vmlinux: Path | None                 # ELF vmlinux with DWARF line info (kernel frames), or None
     module_dirs: tuple[Path, ...] = ()   # searched, in order and recursively, for NAME.ko (module frames)
+
+    def with_modules(self, files: Iterable[Path]) -> "Symbols":
+        """These symbols, with the directories of these .ko files searched too."""
+        found = (Path(f).parent for f in files if str(f).endswith(".ko"))
+        return replace(self, module_dirs=tuple(dict.fromkeys((*self.module_dirs, *found))))
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,8 @@ def decode(report: str, symbols: Symbols) -> str:
         chains = {places.get(key) for key in keys}
         chain = chains.pop()
         if chain and not chains:  # placed, and duplicate symbols of that size agree
-            shorten = functools.partial(_shorten, root) if keys[0][0] == vmlinux else str
+            # kernel paths relative to the tree, a module's headers from that tree too; its own kept whole
+            shorten = functools.partial(_shorten, root) if root or keys[0][0] == vmlinux else str
             lines[number] = _format(lines[number], match, chain, shorten)
     return "\n".join(lines)
 

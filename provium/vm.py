@@ -10,7 +10,7 @@ import os
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import agent_build, deadline, findings, images, protocol, qemu, resources, symbolize
@@ -312,8 +312,7 @@ class Vm(GuestOps):
             raise
         if boot_files:
             self._copy_in(boot_files)
-            modules = [Path(host).parent for host in (files or {}).values() if str(host).endswith(".ko")]
-            self.symbols = replace(self.symbols, module_dirs=(*self.symbols.module_dirs, *modules))
+            self.symbols = self.symbols.with_modules((files or {}).values())
 
     def _copy_in(self, boot_files):
         parents = sorted({str(Path(p).parent) for p in boot_files})

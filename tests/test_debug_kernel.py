@@ -79,7 +79,7 @@ EXPECTED = {
                            r"\[provium_kv\]", "pkv_debug_use_after_free"),
     "lock order": (17, r"lockdep report: possible circular locking dependency detected", "pkv_debug_lock_order"),
     "warn": (21, r"kernel warning: WARNING: CPU: \d+ PID: \d+ at \S*provium_kv\.c:\d+ pkv_\w+", "pkv_\\w*ioctl"),
-    "sleep in atomic": (25, r"kernel BUG: BUG: sleeping function called from invalid context at \S+",
+    "sleep in atomic": (25, r"BUG: sleeping function called from invalid context at \S+",
                         "pkv_debug_sleep_in_atomic"),
     "refcount": (29, r"data corruption: refcount_t: addition on 0; use-after-free\.", "pkv_debug_refcount"),
     "index": (33, r"UBSAN: array-index-out-of-bounds in \S*provium_kv\.c:\d+:\d+", "pkv_debug_index"),
@@ -145,4 +145,36 @@ end)
     assert result.returncode == 1, out + result.stderr
     assert re.search(r"pkv_ioctl\+0x[0-9a-f]+/0x[0-9a-f]+ \[provium_kv\] \(\S*provium_kv\.c:\d+", out), out
     assert re.search(r"__x64_sys_ioctl\+0x[0-9a-f]+/0x[0-9a-f]+ \(fs/ioctl\.c:\d+", out), out
+    assert suite.qemu_pids() == []
+
+
+def test_a_module_built_in_the_suite_decodes_in_fixture_clones_and_pcall_does_not_hide_a_finding(suite):
+    """The .ko is built in place (M=$PWD/mod), not in the profile's build directory: a fixture clone
+    finds it through the fixture's inputs. A finding the test's own code catches still fails it."""
+    copy = clean_copy(suite, "kmod")
+    mod = copy / "mod"
+    mod.mkdir()
+    for name in ("provium_kv.c", "provium_kv.h"):
+        (mod / name).write_text((copy / "module" / name).read_text())
+    (mod / "Makefile").write_text("obj-m := provium_kv.o\n")
+    with (copy / "provium.toml").open("a") as toml:
+        toml.write('\n[profiles.in-place]\nkernel_source = "apt:linux-source-6.12"\nkconfig = ["minimal", "debug"]\n'
+                   'memory = "512M"\nbuild = "make -s -C $PROVIUM_MODULES_DIR/build M=$PWD/mod modules"\n')
+    fixture = copy / "fixtures" / "kmod.lua"
+    fixture.write_text(fixture.read_text().replace('provium.path("@build", "kmod") .. "/provium_kv.ko"',
+                                                   'provium.path("@root") .. "/mod/provium_kv.ko"'))
+    (copy / "tests" / "caught.lua").write_text(BROKEN.split('\ntest("use after free"')[0] + """
+test("a caught use after free", function()
+  local vm, fd = debug_fd()
+  local ok, err = pcall(vm.ioctl, vm, fd, pkv.DEBUG_UAF)
+  assert(not ok and tostring(err):find("KASAN"), "the op raised it")
+end)
+""")
+    result = suite.run("run", "--matrix", "kmod=in-place", "tests/caught.lua", cwd=copy, timeout=1800)
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    assert re.search(r"ERROR a caught use after free \(\d+\.\d+ s\)\n.*VM 'kmod': KASAN: slab-use-after-free in "
+                     r"pkv_debug_use_after_free", out), out
+    assert re.search(r"pkv_debug_use_after_free\+0x[0-9a-f]+/0x[0-9a-f]+ \[provium_kv\] \(\S*/mod/provium_kv\.c:\d+",
+                     out), out
     assert suite.qemu_pids() == []

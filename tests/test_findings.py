@@ -48,6 +48,8 @@ def test_findings_are_named_as_a_failure_shows_them():
     lockdep = findings.scan((LOGS / "lock_order.log").read_text())[0].finding
     assert kasan.name == "KASAN: slab-use-after-free in pkv_debug_use_after_free+0x9c/0xc0 [provium_kv]"
     assert lockdep.name == "lockdep report: possible circular locking dependency detected"
+    sleep = findings.scan((LOGS / "sleep_in_atomic.log").read_text())[0].finding
+    assert sleep.name == "BUG: sleeping function called from invalid context at include/linux/sched/mm.h:321"
 
 
 def test_reports_one_after_another_are_found_in_order_and_a_scan_can_start_after_the_first():
