@@ -8,17 +8,17 @@ left out, so each test is charged with its own leaks only.
 
 kmemleak reports an object only when two scans found it unreferenced and
 unchanged, and only once it is MIN_AGE old: the check's cost is a scan, then
-what remains of MIN_AGE since the test's last op, then a second scan.
+what remains of MIN_AGE since it began, then a second scan.
 """
 
 import re
-import time
 
 from .errors import AgentError
 from .findings import Finding
 
 KMEMLEAK = "/sys/kernel/debug/kmemleak"
 MIN_AGE = 5.1  # mm/kmemleak.c: MSECS_MIN_AGE (5000 ms) before an object can be reported, and a tick
+_UPTIME = "cut -d' ' -f1 /proc/uptime"
 LEAK = "memory leak"
 
 # the scheduler's debug file (SCHED_DEBUG, which DEBUG_KERNEL turns on) or timer_list (tickless kernels) shows it
@@ -46,16 +46,16 @@ def arm(vm) -> None:
 
 def check(vms) -> dict:
     """{vm: [Finding]}: the leaks of each armed VM (all running). kmemleak reports an object when two
-    scans find it unreferenced and unchanged, once it is MIN_AGE old: the first scan runs at once, the
-    second once the test's last op on each VM is that old."""
-    last_ops = {vm: vm.last_op for vm in vms}
+    scans find it unreferenced and unchanged, once it is MIN_AGE old by the guest's clock (which runs
+    behind the host's under a loaded TCG): the first scan runs at once, the second once MIN_AGE of the
+    guest's time has passed since the first began (every op of the test came before it)."""
+    began = {vm: float(_run(vm, f"{_UPTIME}; echo scan > {KMEMLEAK}")) for vm in vms}
+    found = {}
     for vm in vms:
-        _run(vm, f"echo scan > {KMEMLEAK}")
-    wait = max((MIN_AGE - (time.monotonic() - last) for last in last_ops.values()), default=0.0)
-    if wait > 0:
-        time.sleep(wait)
-    return {vm: leaks(_run(vm, f"echo scan > {KMEMLEAK} && cat {KMEMLEAK} && echo clear > {KMEMLEAK}"),
-                      vm.leak_since) for vm in vms}
+        rest = MIN_AGE - (float(_run(vm, _UPTIME)) - began[vm])
+        found[vm] = leaks(_run(vm, f"sleep {max(rest, 0):.2f}; echo scan > {KMEMLEAK} && cat {KMEMLEAK} && "
+                                   f"echo clear > {KMEMLEAK}"), vm.leak_since)
+    return found
 
 
 def _run(vm, command):

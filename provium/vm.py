@@ -240,7 +240,6 @@ class Vm(GuestOps):
         self.allow_warnings = False  # kernel warnings on the console fail the op or test that sees them
         self.symbols = symbolize.Symbols(None)  # where the frames of its kernel's reports are decoded
         self.reported: list[tuple[Finding, str]] = []  # findings raised so far, with their decoded report
-        self.last_op = 0.0  # monotonic time the last op's reply arrived
         self.leak_since: int | None = None  # the guest's jiffies when the leak check was armed (kmemleak.arm)
         self._console_seen = 0  # where the next scan starts: after the last whole line scanned
         self._console_size = 0  # the log's size at the last scan
@@ -339,7 +338,6 @@ class Vm(GuestOps):
         except ProtocolError as exc:
             self.kill()  # a guest that talks garbage is not trusted with another request
             raise AgentError(f"{op}: VM {self.name!r} stopped: {exc}") from None
-        self.last_op = time.monotonic()
         self.check_console()  # what the kernel printed while the op ran fails the op, at the caller's line
         return reply
 
