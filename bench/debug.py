@@ -11,11 +11,10 @@ after it (provium.kmemleak: arm, two scans, the wait for kmemleak's minimum
 age), and one kmemleak scan alone. 512M, 1 vCPU, as examples/kmod's kmod-debug.
 """
 
-import argparse
 import statistics
 import time
 
-from kernel_suite import cold_boot, first_exec, kernel_suite
+from kernel_suite import cold_boot, first_exec, kernel_suite, rounds
 from provium import kernels, kmemleak
 
 SUITE = """
@@ -61,11 +60,7 @@ def one_scan(fixtures):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="two rounds: check that the benchmark works")
-    args = parser.parse_args(argv)
-    runs = 2 if args.quick else args.runs
+    runs = rounds(argv, __doc__.splitlines()[0])
     names = ["minimal", "debug"]
     with kernel_suite(SUITE, names) as (cache, prepared, fixtures):
         times = {(name, what): [] for name in names for what in ("cold", "resume", "test")}

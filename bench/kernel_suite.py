@@ -1,6 +1,7 @@
 """What the kernel benchmarks share: a temporary suite of profiles, each prepared, with a fixture
 "k" (a booted guest) built for each, and the time to a VM's first exec."""
 
+import argparse
 import contextlib
 import shutil
 import tempfile
@@ -15,6 +16,15 @@ from provium.profile_build import Preparer
 from provium.vm import Vm
 
 FIXTURE = b'local vm = provium.create("k")\nvm:boot()\nvm:write_file("/tmp/prepared", "yes")\nreturn vm\n'
+
+
+def rounds(argv, description):
+    """The number of rounds the command line asks for: --runs N (7), or --quick (2)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="two rounds: check that the benchmark works")
+    args = parser.parse_args(argv)
+    return 2 if args.quick else args.runs
 
 
 def first_exec(start):

@@ -9,10 +9,9 @@ cache's kernel index), then cold boots and resumes alternate, kernel by kernel,
 round by round.
 """
 
-import argparse
 import statistics
 
-from kernel_suite import cold_boot, first_exec, kernel_suite
+from kernel_suite import cold_boot, first_exec, kernel_suite, rounds
 from provium import kernels
 
 TARGET_MINIMAL_COLD = 0.6
@@ -32,11 +31,7 @@ memory = "256M"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="two rounds: check that the benchmark works")
-    args = parser.parse_args(argv)
-    runs = 2 if args.quick else args.runs
+    runs = rounds(argv, __doc__.splitlines()[0])
     names = ["stock", "archive-cloud", "built-minimal"]
     with kernel_suite(SUITE, names) as (cache, prepared, fixtures):
         cold = {name: [] for name in names}

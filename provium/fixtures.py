@@ -185,8 +185,9 @@ class Fixtures:
         directory (the script made it from recorded inputs)."""
         path = Path(os.path.realpath(path))
         for profile, build_dir in self.preparer.build_dirs().items():
-            if Path(os.path.realpath(build_dir)) in path.parents:
-                return f"{BUILD_ANCHOR}{profile}/{path.relative_to(os.path.realpath(build_dir))}"
+            build_dir = Path(os.path.realpath(build_dir))
+            if build_dir in path.parents:
+                return f"{BUILD_ANCHOR}{profile}/{path.relative_to(build_dir)}"
         scratch = self.options.scratch
         for base, anchor in ((scratch, None), (self.config.root, SUITE_ANCHOR), (self.cache.root, CACHE_ANCHOR)):
             base = base and Path(os.path.realpath(base))

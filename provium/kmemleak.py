@@ -68,7 +68,7 @@ def _run(vm, command):
 
 def leaks(report: str, since: int) -> list[Finding]:
     """The objects of a kmemleak report allocated at jiffies `since` or later, one Finding each."""
-    starts = [m for m in _OBJECT.finditer(report)]
+    starts = list(_OBJECT.finditer(report))
     found = []
     for index, match in enumerate(starts):
         address, size, comm, pid, allocated = match.groups()

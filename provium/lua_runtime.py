@@ -289,9 +289,9 @@ class LuaFile:
         """Charge the VM's leaks from now on to the running test, if it checks leaks and the VM runs
         a kernel with kmemleak (the test option wins over the profile's key)."""
         wanted = self._test["leak_check"]
-        wanted = vm.profile.leak_check if wanted is None else wanted
-        tree = self.preparer.prepare(vm.profile).kernel
-        if wanted and vm.state == "running" and not kernels.missing_options(tree, ["DEBUG_KMEMLEAK"]):
+        if not (vm.profile.leak_check if wanted is None else wanted) or vm.state != "running":
+            return
+        if not kernels.missing_options(self.preparer.prepare(vm.profile).kernel, ["DEBUG_KMEMLEAK"]):
             kmemleak.arm(vm)
 
     def _leaks(self, check):
