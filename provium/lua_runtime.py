@@ -20,7 +20,8 @@ from . import deadline, kernels, kmemleak
 from .errors import AgentError, DeadlineError, ProviumError
 from .fixtures import BuildResult
 from .profile_build import Preparer
-from .vm import Disk, GuestCrash, Pointer, Timeouts, Vm, format_console_tail
+from .guest import Pointer
+from .vm import Disk, GuestCrash, Timeouts, Vm, format_console_tail
 
 PRELUDE_NAME = b"provium"
 PRELUDE = resources.files("provium").joinpath("lua/prelude.lua").read_text()
