@@ -19,6 +19,7 @@
 
 #define CHUNK (1024 * 1024)      /* read_file partial replies carry at most this much */
 #define EXEC_CHUNK (64 * 1024)   /* exec partial replies carry at most this much */
+#define SYSCALL_MAX_ARGS 6       /* a syscall takes at most this many arguments */
 
 #define PORT_NAME "provium.agent"                  /* virtio-serial port name */
 #define AGENT_PATH "/usr/sbin:/usr/bin:/sbin:/bin" /* PATH of everything started */

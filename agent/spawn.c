@@ -7,8 +7,11 @@
  * same pid, own tid, shared fd table). Either serves the new socket with its
  * own struct worker. The reply {id, channel, pid, tid} goes to the router on
  * channel 0, which learns the pid from it and forwards it to the host.
+ * Starting a worker loop here is the one link from an op back to worker.c.
  */
 #define _GNU_SOURCE
+#include "jobs.h"
+#include "ops.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -125,8 +128,8 @@ static pid_t start_process(struct worker *w, int fd, int *err)
 		if (write(p[1], &pid, sizeof(pid)) < 0)
 			_exit(1);
 		close(p[1]);
-		close(w->fd); /* the parent's connection is not ours */
-		jobs_destroy(w, 1); /* nor are its jobs: forget them, they are the parent's to kill */
+		close(w->conn.fd); /* the parent's connection is not ours */
+		jobs_destroy(&w->jobs, w->chunk, 1); /* nor are its jobs: forget them, they are the parent's to kill */
 		serve(fd);
 		_exit(0);
 	}
@@ -142,21 +145,21 @@ static pid_t start_process(struct worker *w, int fd, int *err)
 
 void op_spawn(struct worker *w, const struct mp_value *req)
 {
-	const struct mp_value *thread = worker_arg_opt(req, "thread");
+	const struct mp_value *thread = arg_opt(req, "thread");
 	int fd = w->pending_fd, err = 0;
 	uint64_t chan;
 	pid_t pid, tid;
 	struct mp_map m;
 
 	w->pending_fd = -1;
-	if (worker_arg_int(w, mp_map_get(req, "channel"), "spawn", "channel", &chan) < 0)
+	if (arg_int(&w->conn, mp_map_get(req, "channel"), "spawn", "channel", &chan) < 0)
 		goto fail;
 	if (fd < 0) {
-		worker_error(w, 0, "spawn: no socket came with the request");
+		reply_error(&w->conn, 0, "spawn: no socket came with the request");
 		return;
 	}
 	if (thread && thread->type != MP_BOOL) {
-		worker_error(w, 0, "spawn: field 'thread' must be a bool");
+		reply_error(&w->conn, 0, "spawn: field 'thread' must be a bool");
 		goto fail;
 	}
 	if (thread && thread->v.b) {
@@ -167,15 +170,15 @@ void op_spawn(struct worker *w, const struct mp_value *req)
 		close(fd);
 	}
 	if (!tid) {
-		worker_errno(w, "spawn", thread && thread->v.b ? "thread" : "fork", err ? err : EAGAIN);
+		reply_errno(&w->conn, "spawn", thread && thread->v.b ? "thread" : "fork", err ? err : EAGAIN);
 		return;
 	}
-	worker_begin(w, &m);
+	reply_begin(&w->conn, &m);
 	mp_map_uint(&m, "channel", chan);
 	mp_map_int(&m, "pid", pid);
 	mp_map_int(&m, "tid", tid);
 	mp_map_end(&m);
-	worker_send(w);
+	reply_send(&w->conn);
 	return;
 fail:
 	close(fd);
