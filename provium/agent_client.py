@@ -6,8 +6,12 @@ docs/protocol.md says; replies to requests nobody waits for any more (they
 timed out) and hello events are skipped.
 """
 
+from __future__ import annotations
+
 import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
 from . import protocol
 from .errors import AgentError, DeadlineError, ProtocolError
@@ -23,16 +27,16 @@ WATCH_INTERVAL = 0.2
 class AgentClient:
     """watch: called about every WATCH_INTERVAL seconds while waiting (it may raise to stop the wait)."""
 
-    def __init__(self, sock, watch=None):
+    def __init__(self, sock: socket.socket, watch: Callable[[], None] | None = None) -> None:
         self._sock = sock
         self._watch = watch
         self._decoder = protocol.FrameDecoder()
         self._frames = []
         self._next_id = 1
         self._broken = None  # once the agent sends garbage, the stream cannot be trusted again
-        self.agent_name = None
+        self.agent_name: str | None = None
 
-    def close(self):
+    def close(self) -> None:
         self._sock.close()
 
     def _send(self, channel, message):
@@ -64,7 +68,7 @@ class AgentClient:
                 raise ProtocolError(self._broken) from None
         return self._frames.pop(0)
 
-    def wait_hello(self, timeout):
+    def wait_hello(self, timeout: float) -> dict[str, Any]:
         """Wait for the agent's hello event (cold boot)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -72,7 +76,7 @@ class AgentClient:
             if channel == protocol.ROUTER_CHANNEL and message.get("event") == "hello":
                 return message
 
-    def handshake(self, timeout):
+    def handshake(self, timeout: float) -> dict[str, Any]:
         """Exchange protocol versions; ProtocolError when they differ."""
         reply = self.request(protocol.ROUTER_CHANNEL, "hello", timeout, proto=protocol.PROTO_VERSION)
         if reply.get("proto") != protocol.PROTO_VERSION:
@@ -81,7 +85,7 @@ class AgentClient:
         self.agent_name = reply.get("agent")
         return reply
 
-    def request(self, channel, op, timeout, /, **fields):
+    def request(self, channel: int, op: str, timeout: float, /, **fields: Any) -> dict[str, Any]:
         """Send op on channel and return its merged reply; AgentError on an error reply."""
         if self._broken:
             raise ProtocolError(self._broken)

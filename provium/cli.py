@@ -21,7 +21,7 @@ from .lua_runtime import FileOptions, build_fixture
 from .profile_build import Preparer
 from .report import (JsonEventsReport, JUnitReport, KtapReport, ListReporter, LiveTerminalReporter, Reporters,
                      TerminalReporter)
-from .vm import Timeouts, accelerator
+from .vm import accelerator
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -134,12 +134,8 @@ def cmd_run(args):
     preparer = Preparer(Cache(), reporter.notice)
 
     def options_for(config):
-        factor = config.run.tcg_slowdown if accel == "tcg" else 1.0
-        return FileOptions(
-            timeouts=Timeouts.from_settings(config.run, accel), test_timeout=config.run.test_timeout * factor,
-            file_timeout=config.run.file_timeout * factor, slowdown=factor, keyword=args.keyword,
-            collect_only=args.list, artifacts=Path(args.artifacts) if args.artifacts else None,
-            preparer=preparer)
+        return FileOptions.for_run(config.run, accel, keyword=args.keyword, collect_only=args.list,
+                                   artifacts=Path(args.artifacts) if args.artifacts else None, preparer=preparer)
 
     if args.list:
         runner.run(runs, configs, Cache(), reporter, options_for)
@@ -171,9 +167,8 @@ def cmd_run(args):
 def cmd_fixtures(args):
     config = config_mod.load()
     scratch = tempfile.mkdtemp(prefix="provium-run-")
-    fixtures = Fixtures(config, Cache(), build_fixture, FileOptions(
-        timeouts=Timeouts.from_settings(config.run, accelerator()[0]), scratch=Path(scratch),
-        preparer=Preparer(Cache(), _notice)))
+    fixtures = Fixtures(config, Cache(), build_fixture, FileOptions.for_run(
+        config.run, scratch=Path(scratch), preparer=Preparer(Cache(), _notice)))
     try:
         return _fixtures_action(args, config, fixtures)
     finally:

@@ -104,6 +104,10 @@ class RunSettings:
     op_timeout: float = 60.0
     tcg_slowdown: float = 2.0
 
+    def slowdown(self, accel: str) -> float:
+        """What every deadline is multiplied by under `accel` ("kvm" or "tcg")."""
+        return self.tcg_slowdown if accel == "tcg" else 1.0
+
 
 _RUN_KEYS = {f.name for f in dataclasses.fields(RunSettings)}
 

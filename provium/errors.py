@@ -18,7 +18,12 @@ class ImageError(ProviumError):
 
 
 class QemuError(ProviumError):
-    """QEMU could not be started or died."""
+    """QEMU could not be started or died. command: its command line; exit_code: its exit status (None while
+    it runs or before it started); stderr: the tail of what it printed ("" when nothing)."""
+
+    def __init__(self, message, *, command=(), exit_code=None, stderr=""):
+        super().__init__(message)
+        self.command, self.exit_code, self.stderr = tuple(command), exit_code, stderr
 
 
 class BootError(ProviumError):
@@ -35,6 +40,10 @@ class AgentError(ProviumError):
     def __init__(self, message, errno=None):
         super().__init__(message)
         self.errno = errno
+
+
+class ArgumentError(ProviumError):
+    """A wrong argument to an op, refused before anything runs (a test file sees the method's name with it)."""
 
 
 class DeadlineError(ProviumError):

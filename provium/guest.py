@@ -1,10 +1,17 @@
 """Ops that run in a guest process reached through one agent channel: the Python face of the agent's
 op table (docs/protocol.md), shared by a VM's main worker (Vm) and the workers it spawns (Worker)."""
 
+from __future__ import annotations
+
+import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import protocol
-from .errors import ConfigError, VmStateError
+from .errors import AgentError, ArgumentError, VmStateError
+
+if TYPE_CHECKING:
+    from .vm import Vm
 
 
 @dataclass(frozen=True)
@@ -14,8 +21,15 @@ class ExecResult:
     stderr: bytes
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return self.exit_code == 0
+
+
+class Job(NamedTuple):
+    """A background job: its id in the worker that runs it, and the pid of its shell."""
+
+    id: int
+    pid: int
 
 
 @dataclass(frozen=True)
@@ -38,71 +52,93 @@ class Pointer:
     data: bytes = b""
 
 
-MAX_SYSCALL_ARGS = 6
+class SyscallResult(NamedTuple):
+    ret: int  # the kernel's raw result: a negative errno on failure
+    bufs: tuple[bytes, ...]  # every buffer after the call, in argument index order
+    ptrs: tuple[bytes, ...]  # every pointer target after the call, in spec order
 
 
-def check_syscall(args, bufs, ptrs):
-    """Raise ConfigError for arguments the agent would refuse, before anything runs."""
-    if len(args) > MAX_SYSCALL_ARGS:
-        raise ConfigError(f"a syscall takes at most {MAX_SYSCALL_ARGS} arguments, not {len(args)}")
+def check_syscall(args: list[int], bufs: dict[int, bytes], ptrs: list[Pointer]) -> None:
+    """Raise ArgumentError for arguments the agent would refuse, before anything runs."""
+    limit = protocol.SYSCALL_MAX_ARGS
     for index in bufs:
-        if not 0 <= index < MAX_SYSCALL_ARGS:
-            raise ConfigError(f"buffer argument index {index} is outside 0..{MAX_SYSCALL_ARGS - 1}")
+        if not 0 <= index < limit:
+            raise ArgumentError(f"buffer index {index} must be an integer from 0 to {limit - 1}")
+    if len(args) > limit:
+        raise ArgumentError(f"at most {limit} syscall arguments, got {len(args)}")
     for n, ptr in enumerate(ptrs, 1):
         if ptr.buf not in bufs:
-            raise ConfigError(f"pointer spec {n}: buf_idx {ptr.buf} names no buffer argument")
+            raise ArgumentError(f"pointer spec {n}: buf_idx {ptr.buf} names no buffer argument")
         if ptr.offset < 0 or ptr.offset + 8 > len(bufs[ptr.buf]):
-            raise ConfigError(f"pointer spec {n}: ptr_offset {ptr.offset} does not leave 8 bytes "
-                              f"in buffer {ptr.buf} of {len(bufs[ptr.buf])} bytes")
+            raise ArgumentError(f"pointer spec {n}: ptr_offset {ptr.offset} does not leave 8 bytes "
+                                f"in buffer {ptr.buf} of {len(bufs[ptr.buf])} bytes")
         if ptr.length < 0 or len(ptr.data) > ptr.length:
-            raise ConfigError(f"pointer spec {n}: data_len {ptr.length} is negative or shorter "
-                              f"than its data ({len(ptr.data)} bytes)")
+            raise ArgumentError(f"pointer spec {n}: data_len {ptr.length} is negative or shorter "
+                                f"than its data ({len(ptr.data)} bytes)")
+
+
+def _snippet(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 class GuestOps:
-    """Ops that run in a guest process reached through one agent channel."""
+    """Ops that run in a guest process reached through one agent channel. Errors are AgentError
+    (with the guest's errno when it has one) or ArgumentError (refused before anything runs)."""
 
-    def _request(self, op, timeout=None, /, **fields):
+    def _request(self, op: str, timeout: float | None = None, /, **fields) -> dict:
         raise NotImplementedError
 
-    def syscall(self, nr, args=(), bufs=None, ptrs=()):
-        """Raw syscall: (return value, buffers after the call in index order, pointer targets in order).
-
-        bufs: {argument index: bytes}, each replacing that argument with a pointer to a copy.
-        """
+    def syscall(self, nr: int, args: list[int] = (), bufs: dict[int, bytes] | None = None,
+                ptrs: list[Pointer] = ()) -> SyscallResult:
+        """Raw syscall. bufs: {argument index: bytes}, each replacing that argument with a pointer to a copy."""
         bufs = dict(bufs or {})
+        check_syscall(list(args), bufs, list(ptrs))
         args = list(args) + [0] * (max(bufs, default=-1) + 1 - len(args))
-        check_syscall(args, bufs, ptrs)
         order = sorted(bufs)
         reply = self._request(
             "syscall", nr=nr, args=args, bufs=[[i, bufs[i]] for i in order],
             ptrs=[[p.buf, p.offset, p.length, p.data] for p in ptrs])
-        return reply["ret"], reply["bufs"], reply["ptrs"]
+        return SyscallResult(reply["ret"], tuple(reply["bufs"]), tuple(reply["ptrs"]))
 
-    def background(self, cmd: str | bytes) -> tuple[int, int]:
-        """Start `sh -c cmd` in the background: (job id, pid). Bytes reach the guest unchanged."""
+    def background(self, cmd: str | bytes) -> Job:
+        """Start `sh -c cmd` in the background. Bytes reach the guest unchanged."""
         reply = self._request("background", cmd=cmd)
-        return reply["job"], reply["pid"]
+        return Job(reply["job"], reply["pid"])
 
-    def job_wait(self, job, timeout=None):
+    def job_wait(self, job: int, timeout: float | None = None) -> JobResult:
         """The job's output so far and its state; waits up to `timeout` seconds (None: until it ends)."""
         fields = {} if timeout is None else {"timeout_ms": max(0, int(timeout * 1000))}
         op_timeout = None if timeout is None else timeout + 60.0
         return self._job_result(self._request("job_wait", op_timeout, job=job, **fields))
 
-    def job_kill(self, job):
+    def job_kill(self, job: int) -> JobResult:
         """Kill the job's process group; its final result."""
         return self._job_result(self._request("job_kill", job=job))
 
     @staticmethod
-    def _job_result(reply):
+    def _job_result(reply: dict) -> JobResult:
         return JobResult(reply["running"], reply.get("exit_code"), reply.get("stdout", b""),
                          reply.get("stderr", b""), reply.get("truncated", False))
 
-    def exec(self, cmd: str | bytes) -> "ExecResult":
-        """Run `sh -c cmd`; an ExecResult with binary stdout and stderr. Bytes reach the guest unchanged."""
+    def exec(self, cmd: str | bytes) -> ExecResult:
+        """Run `sh -c cmd`; binary stdout and stderr. Bytes reach the guest unchanged."""
         reply = self._request("exec", cmd=cmd)
         return ExecResult(reply["exit_code"], reply.get("stdout", b""), reply.get("stderr", b""))
+
+    def json(self, cmd: str | bytes) -> object:
+        """Run `sh -c cmd` and decode its stdout as JSON; AgentError when it fails or prints no JSON."""
+        result = self.exec(cmd)
+        shown = cmd.decode("utf-8", "surrogateescape") if isinstance(cmd, bytes) else cmd
+        out = result.stdout.decode("utf-8", "replace")
+        if not result.ok:
+            raise AgentError(f"vm:json: {shown!r} failed (exit {result.exit_code}): "
+                             f"{_snippet(result.stderr.decode('utf-8', 'replace') or out)}")
+        try:
+            return json.loads(out)
+        except json.JSONDecodeError as exc:
+            raise AgentError(f"vm:json: {shown!r} printed invalid JSON ({exc.msg} at line {exc.lineno} "
+                             f"column {exc.colno}): {_snippet(out)}") from None
 
     def read_file(self, path: str | bytes) -> bytes:
         return self._request("read_file", path=path).get("data", b"")
@@ -116,19 +152,19 @@ class GuestOps:
 class Worker(GuestOps):
     """A guest process (or thread) of its own, created by Vm.spawn."""
 
-    def __init__(self, vm, channel, pid, tid, thread):
+    def __init__(self, vm: Vm, channel: int, pid: int, tid: int, thread: bool):
         self.vm, self.channel, self.pid, self.tid, self.thread = vm, channel, pid, tid, thread
         self.killed = False
 
     def __repr__(self):
         return f"<Worker {'thread' if self.thread else 'process'} {self.tid} of {self.vm.name}>"
 
-    def _request(self, op, timeout=None, /, **fields):
+    def _request(self, op: str, timeout: float | None = None, /, **fields) -> dict:
         if self.killed:
             raise VmStateError(f"worker {self.tid} was killed: cannot {op}")
         return self.vm._call(self.channel, op, timeout, **fields)
 
-    def kill(self):
+    def kill(self) -> None:
         """End the worker (a thread worker ends when it next waits for a request)."""
         if not self.killed and self.vm.state == "running":
             self.vm._call(protocol.ROUTER_CHANNEL, "kill_worker", None, channel=self.channel)

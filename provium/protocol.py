@@ -21,6 +21,8 @@ MAX_REPLY_BYTES = 256 * 1024 * 1024
 ROUTER_CHANNEL = 0
 MAIN_CHANNEL = 1
 
+SYSCALL_MAX_ARGS = 6  # a syscall's arguments, buffers included
+
 
 def encode(channel, message):
     """One frame carrying `message` (a dict) on `channel`."""

@@ -3,14 +3,17 @@
 The fastest reliable configuration measured on TCG hosts (docs in
 ../shared/DESIGN.md and the README): microvm, PVH boot of the uncompressed
 vmlinux, a trimmed kernel command line and the host TSC frequency handed to the
-guest. QEMU connects to two unix sockets this module listens on: the QMP
-monitor (through qemu.qmp) and the agent's virtio-serial port.
+guest. QEMU connects to three unix sockets this module listens on: the QMP
+monitor (through qemu.qmp), the agent's virtio-serial port and the serial
+console (copied into a log file of bounded size).
 
 QEMU never outlives the harness: it is started through `setpriv --pdeathsig
 KILL` (the kernel kills it when the thread that started it dies, SIGKILL of
 provium included), in its own process group, and every live machine is killed
 at interpreter exit.
 """
+
+from __future__ import annotations
 
 import atexit
 import logging
@@ -23,11 +26,16 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .errors import ConfigError, QemuError
+
+if TYPE_CHECKING:
+    from .vm import Disk
 
 QEMU_BINARY = "qemu-system-x86_64"
 CONSOLE_LOG_MAX = 8 * 1024 * 1024
@@ -56,14 +64,14 @@ _live = set()
 _live_lock = threading.Lock()
 
 
-def find_qemu():
+def find_qemu() -> str:
     path = shutil.which(QEMU_BINARY)
     if path is None:
         raise ConfigError(f"{QEMU_BINARY} not found (install it: apt-get install qemu-system-x86)")
     return path
 
 
-def kvm_unusable_reason():
+def kvm_unusable_reason() -> str | None:
     """Why KVM cannot be used here, or None when it can.
 
     An openable /dev/kvm is not enough: nested guests without vmx/svm in the
@@ -80,7 +88,7 @@ def kvm_unusable_reason():
     return None
 
 
-def choose_accel():
+def choose_accel() -> tuple[str, str | None]:
     """("kvm"|"tcg", notice or None); PROVIUM_ACCEL=kvm|tcg overrides the probe."""
     forced = os.environ.get("PROVIUM_ACCEL")
     if forced:
@@ -93,7 +101,7 @@ def choose_accel():
     return "kvm", None
 
 
-def kernel_cmdline(accel, tsc_khz, extra=""):
+def kernel_cmdline(accel: str, tsc_khz: int, extra: str = "") -> str:
     words = ["console=ttyS0", "panic=-1", FAST_CMDLINE, CONSOLE_LOGLEVEL]
     if accel == "tcg":
         # microvm under TCG hangs in most boots without these: the guest TSC is the host's.
@@ -104,13 +112,22 @@ def kernel_cmdline(accel, tsc_khz, extra=""):
 
 
 class QemuMachine:
-    """A QEMU process booting `vmlinux` + `initrd` on a microvm machine."""
+    """A QEMU process booting `vmlinux` + `initrd` on a microvm machine.
 
-    def __init__(self, *, vmlinux, initrd, cmdline, memory_mib, cpus, accel, disks=(), name="vm",
-                 ram_file=None, ram_shared=True, incoming=None, workdir=None, extra_args=()):
+    Its life has phases, as in QEMU's own python/qemu/machine: launch() is _pre_launch (listen on the
+    sockets, create the console log and the QMP server), _launch (start the process) and _post_launch
+    (accept QEMU's connections); shutdown() is _soft_shutdown (let QEMU exit on its own), _hard_shutdown
+    (kill it) and _post_shutdown (release what it held). A launch that fails shuts down what it started.
+    """
+
+    def __init__(self, *, vmlinux: str | Path, initrd: str | Path, cmdline: str, memory_mib: int, cpus: int,
+                 accel: str, disks: Sequence[Disk] = (), name: str = "vm", ram_file: Path | None = None,
+                 ram_shared: bool = True, incoming: Path | None = None, workdir: Path | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
         """ram_file: back guest RAM with this file (needed to snapshot or to resume);
         ram_shared=False maps it copy-on-write. incoming: a snapshot's device state
         file to resume from (the VM then waits paused for resume_incoming())."""
+        binary = find_qemu()
         self.name = name
         self.workdir = Path(workdir) if workdir else make_workdir()
         self.console_path = self.workdir / "console.log"
@@ -118,101 +135,120 @@ class QemuMachine:
         self.agent_path = self.workdir / "agent"
         self.qmp_path = self.workdir / "qmp"
         self._stderr_path = self.workdir / "qemu.stderr"
-        machine = f"microvm,accel={accel}"
-        memory_args = []
-        if ram_file is not None:
-            machine += ",memory-backend=ram"
-            memory_args = [
-                "-object", f"memory-backend-file,id=ram,size={memory_mib}M,"
-                           f"mem-path={_qemu_escape(ram_file)},share={'on' if ram_shared else 'off'}",
-            ]
         self._incoming = incoming
         self.args = [
-            find_qemu(), "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-machine", machine, *memory_args,
-            "-m", str(memory_mib), "-smp", str(cpus),
+            binary, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            *_memory_args(accel, memory_mib, ram_file, ram_shared), "-smp", str(cpus),
             "-kernel", str(vmlinux), "-initrd", str(initrd), "-append", cmdline,
+            *self._socket_args(), *extra_args, *_disk_args(disks),
+            *([] if incoming is None else ["-incoming", "defer"]),
+        ]
+        self.process: subprocess.Popen | None = None
+        self.qmp: QEMUMonitorProtocol | None = None
+        self._listeners: dict[str, socket.socket] = {}  # while launching
+        self._console_log: ConsoleLog | None = None
+        self._final_console: str | None = None
+        self._final_stderr: str | None = None
+
+    def _socket_args(self) -> list[str]:
+        """The console (as the serial port), the agent's virtio-serial port and the QMP monitor: unix sockets
+        QEMU connects to."""
+        return [
             "-chardev", f"socket,id=console,path={self.console_sock}", "-serial", "chardev:console",
             "-chardev", f"socket,id=agent,path={self.agent_path}",
             "-device", "virtio-serial-device",
             "-device", "virtserialport,chardev=agent,name=provium.agent",
             "-chardev", f"socket,id=qmp,path={self.qmp_path}", "-mon", "chardev=qmp,mode=control",
         ]
-        self.args += list(extra_args)
-        for index, disk in enumerate(disks):
-            self.args += [
-                "-drive", f"file={_qemu_escape(disk.path)},format={disk.format},if=none,id=disk{index},"
-                          f"readonly={'on' if disk.readonly else 'off'}",
-                "-device", f"virtio-blk-device,drive=disk{index}",
-            ]
-        self.process = None
-        self.qmp = None
-        self._console_thread = None
-        self._console_log = None
-        self._final_console = None
 
-    def launch(self, timeout):
-        """Start QEMU; returns the connected agent socket. QemuError on failure."""
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(self.agent_path))
-        listener.listen(1)
-        console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        console.bind(str(self.console_sock))
-        console.listen(1)
-        self.console_path.touch()
+    def launch(self, timeout: float) -> socket.socket:
+        """Start QEMU; returns the connected agent socket. QemuError on failure, which leaves no process
+        and no workdir behind."""
         try:
-            self.qmp = QEMUMonitorProtocol(str(self.qmp_path), server=True)
-            args = self.args if self._incoming is None else [*self.args, "-incoming", "defer"]
-            with open(self._stderr_path, "wb") as stderr:
-                self.process = subprocess.Popen(
-                    ["setpriv", "--pdeathsig", "KILL", "--", *args],
-                    stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, process_group=0)
-            with _live_lock:
-                _live.add(self)
-            deadline = time.monotonic() + timeout
-            listener.settimeout(0.05)
-            while True:
-                try:
-                    agent, _ = listener.accept()
-                    break
-                except socket.timeout:
-                    if self.process.poll() is not None:
-                        raise QemuError(f"QEMU exited at start: {self.stderr_text() or 'no output'}") from None
-                    if time.monotonic() > deadline:
-                        raise QemuError(f"QEMU did not connect to the agent socket within {timeout:.0f} s") from None
-            try:
-                self.qmp.accept(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception as exc:  # qemu.qmp raises ConnectError, EOFError, TimeoutError...
-                self.wait(1.0)
-                detail = self.stderr_text() or f"{type(exc).__name__}: {exc}"
-                raise QemuError(f"QEMU's monitor did not come up: {detail}") from None
-            self.qmp.settimeout(30.0)
-            console.settimeout(max(0.1, deadline - time.monotonic()))
-            try:
-                self._console_log = ConsoleLog(console.accept()[0], self.console_path)
-            except socket.timeout:
-                raise QemuError("QEMU did not connect to the console socket") from None
-            self._console_thread = threading.Thread(target=self._console_log.run, name=f"console-{self.name}",
-                                                    daemon=True)
-            self._console_thread.start()
-            agent.setblocking(True)
-            return agent
+            self._pre_launch()
+            self._launch()
+            return self._post_launch(timeout)
         except BaseException:
             self.kill()
             raise
         finally:
-            listener.close()
-            console.close()
+            for listener in self._listeners.values():
+                listener.close()
+            self._listeners = {}
 
-    def _cmd(self, name, **args):
+    def _pre_launch(self) -> None:
+        """Listen on the agent and console sockets, create the console log and the QMP server."""
+        self._listeners["agent"] = _listen(self.agent_path)
+        self._listeners["console"] = _listen(self.console_sock)
+        self.console_path.touch()
+        self.qmp = QEMUMonitorProtocol(str(self.qmp_path), server=True)
+
+    def _launch(self) -> None:
+        """Start QEMU under `setpriv --pdeathsig KILL` in a process group of its own; from now on
+        kill_all() knows it."""
+        with open(self._stderr_path, "wb") as stderr:
+            self.process = subprocess.Popen(
+                ["setpriv", "--pdeathsig", "KILL", "--", *self.args],
+                stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, process_group=0)
+        with _live_lock:
+            _live.add(self)
+
+    def _post_launch(self, timeout: float) -> socket.socket:
+        """Accept QEMU's connections within `timeout` seconds: the agent's (returned), the monitor's and the
+        console's, copied into the console log from now on."""
+        deadline = time.monotonic() + timeout
+        agent = self._accept_agent(deadline, timeout)
+        self._accept_qmp(deadline)
+        self._accept_console(deadline)
+        return agent
+
+    def _accept_agent(self, deadline: float, timeout: float) -> socket.socket:
+        """The agent socket once QEMU connects it; QemuError when QEMU exits or the deadline passes first."""
+        listener = self._listeners["agent"]
+        listener.settimeout(0.05)
+        while True:
+            try:
+                agent, _ = listener.accept()
+            except socket.timeout:
+                if self.process.poll() is not None:
+                    raise self._error(f"QEMU exited at start: {self.stderr_text() or 'no output'}") from None
+                if time.monotonic() > deadline:
+                    raise self._error(f"QEMU did not connect to the agent socket within {timeout:.0f} s") from None
+                continue
+            agent.setblocking(True)
+            return agent
+
+    def _accept_qmp(self, deadline: float) -> None:
+        try:
+            self.qmp.accept(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception as exc:  # qemu.qmp raises ConnectError, EOFError, TimeoutError...
+            self.wait(1.0)
+            detail = self.stderr_text() or f"{type(exc).__name__}: {exc}"
+            raise self._error(f"QEMU's monitor did not come up: {detail}") from None
+        self.qmp.settimeout(30.0)
+
+    def _accept_console(self, deadline: float) -> None:
+        listener = self._listeners["console"]
+        listener.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            self._console_log = ConsoleLog(listener.accept()[0], self.console_path)
+        except socket.timeout:
+            raise self._error("QEMU did not connect to the console socket") from None
+        threading.Thread(target=self._console_log.run, name=f"console-{self.name}", daemon=True).start()
+
+    def _error(self, message: str) -> QemuError:
+        """A QemuError carrying QEMU's command line, exit status and stderr tail."""
+        return QemuError(message, command=self.args, exit_code=self.returncode, stderr=self.stderr_text())
+
+    def _cmd(self, name: str, **args: object) -> object:
         """A QMP command; QemuError (with QEMU's own words) when QEMU fails it or is gone."""
         try:
             return self.qmp.cmd(name, **args)
         except Exception as exc:  # qemu.qmp raises ExecuteError, StateError, EOFError...
             self.wait(0.5)
-            raise QemuError(f"QMP {name} failed: {self.stderr_text() or exc}") from None
+            raise self._error(f"QMP {name} failed: {self.stderr_text() or exc}") from None
 
-    def _wait_migration(self, query, done, what, timeout):
+    def _wait_migration(self, query: str, done: Callable[[dict], bool], what: str, timeout: float) -> dict:
         """Poll a QMP query until done(reply) is true; QemuError when it fails or times out."""
         deadline = time.monotonic() + timeout
         while True:
@@ -221,21 +257,21 @@ class QemuMachine:
                 return reply
             status = reply.get("status")
             if status == "failed" or self.returncode is not None:
-                raise QemuError(f"{what} failed: {reply.get('error-desc') or self.stderr_text() or status}")
+                raise self._error(f"{what} failed: {reply.get('error-desc') or self.stderr_text() or status}")
             if time.monotonic() > deadline:
-                raise QemuError(f"{what} did not finish within {timeout:.0f} s (status {status})")
+                raise self._error(f"{what} did not finish within {timeout:.0f} s (status {status})")
             time.sleep(0.002)
 
-    def _ignore_shared_ram(self):
+    def _ignore_shared_ram(self) -> None:
         """Migrate device state only: guest RAM is the shared RAM file."""
         self._cmd("migrate-set-capabilities",
-                     capabilities=[{"capability": "x-ignore-shared", "state": True}])
+                  capabilities=[{"capability": "x-ignore-shared", "state": True}])
 
-    def _pass_fd(self, fd, name):
+    def _pass_fd(self, fd: int, name: str) -> None:
         self.qmp.send_fd_scm(fd)
         self._cmd("getfd", fdname=name)
 
-    def snapshot(self, state_path, timeout=60.0):
+    def snapshot(self, state_path: Path, timeout: float = 60.0) -> None:
         """Pause the guest and save its device state to state_path (RAM stays in the RAM file)."""
         self._cmd("stop")
         self._ignore_shared_ram()
@@ -248,9 +284,9 @@ class QemuMachine:
             state.flush()
             os.fsync(state.fileno())
         if os.path.getsize(state_path) == 0:
-            raise QemuError("saving the snapshot wrote no device state")
+            raise self._error("saving the snapshot wrote no device state")
 
-    def resume_incoming(self, timeout=30.0):
+    def resume_incoming(self, timeout: float = 30.0) -> None:
         """Load the snapshot given as `incoming`, then let the guest run."""
         self._ignore_shared_ram()
         with open(self._incoming, "rb") as state:
@@ -260,7 +296,7 @@ class QemuMachine:
                              "restoring the snapshot", timeout)
         self._cmd("cont")
 
-    def release_qmp(self):
+    def release_qmp(self) -> None:
         """Close the monitor now, from the thread that opened it: a VM that is never snapshotted
         does not need it, and its event loop belongs to this thread."""
         if self.qmp is not None:
@@ -270,18 +306,21 @@ class QemuMachine:
                 pass
             self.qmp = None
 
-    def stderr_text(self):
+    def stderr_text(self) -> str:
+        """The tail of what QEMU printed (kept once QEMU is gone), on one line."""
+        if self._final_stderr is not None:
+            return self._final_stderr
         try:
             return " ".join(self._stderr_path.read_text(errors="replace").split())[-500:]
         except OSError:
             return ""
 
-    def sync_console(self):
+    def sync_console(self) -> None:
         """Bring the console log up to date with what QEMU has written."""
         if self._console_log is not None:
             self._console_log.sync()
 
-    def console_text(self):
+    def console_text(self) -> str:
         """What the guest printed on its console so far (all of it, once QEMU is gone)."""
         if self._final_console is not None:
             return self._final_console
@@ -292,10 +331,10 @@ class QemuMachine:
             return ""
 
     @property
-    def returncode(self):
+    def returncode(self) -> int | None:
         return None if self.process is None else self.process.poll()
 
-    def wait(self, timeout):
+    def wait(self, timeout: float) -> bool:
         """True when QEMU has exited within `timeout` seconds."""
         try:
             self.process.wait(timeout)
@@ -303,19 +342,41 @@ class QemuMachine:
         except subprocess.TimeoutExpired:
             return False
 
-    def kill(self):
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop QEMU and remove its files; safe to call repeatedly. With `timeout` (the guest was asked
+        to power off), QEMU has that many seconds to exit on its own before it is killed."""
+        try:
+            if timeout is not None:
+                self._soft_shutdown(timeout)
+            self._hard_shutdown()
+        finally:
+            self._post_shutdown()
+
+    def kill(self) -> None:
         """Kill QEMU at once and remove its files. Safe to call repeatedly."""
-        self.release_qmp()
+        self.shutdown()
+
+    def _soft_shutdown(self, timeout: float) -> None:
+        if self.process is not None:
+            self.wait(timeout)
+
+    def _hard_shutdown(self) -> None:
+        """SIGKILL QEMU's process group if QEMU still runs, and reap it."""
         if self.process is not None and self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             self.process.wait()
+
+    def _post_shutdown(self) -> None:
+        """Release the monitor, keep QEMU's last console and stderr text, remove the workdir."""
+        self.release_qmp()
         with _live_lock:
             _live.discard(self)
         if self._final_console is None and self.workdir.exists():
             self._final_console = self.console_text()
+            self._final_stderr = self.stderr_text()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -379,7 +440,7 @@ class ConsoleLog:
 _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; the longest name here is "console"
 
 
-def make_workdir():
+def make_workdir() -> Path:
     """A private directory for one QEMU's sockets and logs; under /tmp when TMPDIR is too deep for sockets."""
     workdir = Path(tempfile.mkdtemp(prefix="provium-"))
     if len(str(workdir / "console")) > _SOCKET_PATH_MAX:
@@ -393,7 +454,39 @@ def _qemu_escape(path):
     return str(path).replace(",", ",,")
 
 
-def terminate_all():
+def _memory_args(accel, memory_mib, ram_file, ram_shared):
+    """The machine and its RAM: anonymous memory, or `ram_file` (shared, or mapped copy-on-write)."""
+    if ram_file is None:
+        return ["-machine", f"microvm,accel={accel}", "-m", str(memory_mib)]
+    return [
+        "-machine", f"microvm,accel={accel},memory-backend=ram",
+        "-object", f"memory-backend-file,id=ram,size={memory_mib}M,"
+                   f"mem-path={_qemu_escape(ram_file)},share={'on' if ram_shared else 'off'}",
+        "-m", str(memory_mib),
+    ]
+
+
+def _disk_args(disks):
+    """Each disk as a virtio-blk device, in order (/dev/vda, /dev/vdb, ...)."""
+    args = []
+    for index, disk in enumerate(disks):
+        args += [
+            "-drive", f"file={_qemu_escape(disk.path)},format={disk.format},if=none,id=disk{index},"
+                      f"readonly={'on' if disk.readonly else 'off'}",
+            "-device", f"virtio-blk-device,drive=disk{index}",
+        ]
+    return args
+
+
+def _listen(path):
+    """A unix socket listening at `path` for one connection."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(1)
+    return sock
+
+
+def terminate_all() -> None:
     """Ask every QEMU this process started to exit (SIGTERM: QEMU flushes its disks and quits)."""
     with _live_lock:
         machines = list(_live)
@@ -405,7 +498,7 @@ def terminate_all():
                 pass
 
 
-def kill_all():
+def kill_all() -> None:
     """Kill every QEMU this process started (signal handlers, atexit)."""
     with _live_lock:
         machines = list(_live)

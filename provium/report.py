@@ -14,7 +14,9 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 
-_LABELS = {"passed": "ok", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}
+from .results import Outcome
+
+_LABELS = {Outcome.PASSED: "ok", Outcome.FAILED: "FAIL", Outcome.ERROR: "ERROR", Outcome.SKIPPED: "SKIP"}
 
 
 class Reporter:
@@ -69,7 +71,7 @@ def failure_lines(result):
     lines = head.splitlines()
     for key, value in result.details.items():
         lines.append(f"  {key + ':':<9} {value}")
-    if result.outcome == "error" and result.traceback.strip():
+    if result.outcome == Outcome.ERROR and result.traceback.strip():
         lines += [line for line in result.traceback.strip().splitlines()
                   if "[C]: in" not in line and not line.strip().startswith("provium:")]
     if result.output:
@@ -102,9 +104,9 @@ class TerminalReporter(Reporter):
 
     def test_finished(self, result):
         label = _LABELS.get(result.outcome, result.outcome.upper())
-        suffix = f": {result.message}" if result.outcome == "skipped" and result.message else ""
+        suffix = f": {result.message}" if result.outcome == Outcome.SKIPPED and result.message else ""
         lines = [f"  {label:<5} {result.name}{suffix} ({result.duration:.2f} s)"]
-        if result.outcome in ("failed", "error"):
+        if result.outcome.failed:
             lines += ["        " + line for line in failure_lines(result)]
         self._write(lines)
 
@@ -141,7 +143,7 @@ class LiveTerminalReporter(TerminalReporter):
 
     def live_test_finished(self, result):
         with self._lock:
-            key = "failed" if result.outcome in ("failed", "error") else result.outcome
+            key = "failed" if result.outcome.failed else result.outcome
             self._done[key] = self._done.get(key, 0) + 1
 
     def file_finished(self, file):
@@ -180,22 +182,22 @@ class JUnitReport(Reporter):
 
     def summary(self, summary):
         root = ET.Element("testsuites", name="provium", tests=str(len(summary.results)),
-                          failures=str(summary.count("failed")), errors=str(summary.count("error")),
+                          failures=str(summary.count(Outcome.FAILED)), errors=str(summary.count(Outcome.ERROR)),
                           skipped=str(summary.skipped), time=f"{summary.duration:.3f}")
         for file, results in _by_file(summary).items():
             suite = ET.SubElement(root, "testsuite", name=file, tests=str(len(results)),
-                                  failures=str(sum(r.outcome == "failed" for r in results)),
-                                  errors=str(sum(r.outcome == "error" for r in results)),
-                                  skipped=str(sum(r.outcome == "skipped" for r in results)),
+                                  failures=str(sum(r.outcome == Outcome.FAILED for r in results)),
+                                  errors=str(sum(r.outcome == Outcome.ERROR for r in results)),
+                                  skipped=str(sum(r.outcome == Outcome.SKIPPED for r in results)),
                                   time=f"{sum(r.duration for r in results):.3f}")
             for result in results:
                 case = ET.SubElement(suite, "testcase", name=result.name, classname=file, file=file,
                                      time=f"{result.duration:.3f}")
-                if result.outcome in ("failed", "error"):
-                    node = ET.SubElement(case, "failure" if result.outcome == "failed" else "error",
+                if result.outcome.failed:
+                    node = ET.SubElement(case, "failure" if result.outcome == Outcome.FAILED else "error",
                                          message=result.message.splitlines()[0] if result.message else "")
                     node.text = "\n".join(failure_lines(result))
-                elif result.outcome == "skipped":
+                elif result.outcome == Outcome.SKIPPED:
                     ET.SubElement(case, "skipped", message=result.message)
                 if result.output:
                     ET.SubElement(case, "system-out").text = result.output
@@ -220,15 +222,15 @@ class KtapReport(Reporter):
             lines += ["  KTAP version 1", f"  # Subtest: {_ktap_name(file)}", f"  1..{len(results)}"]
             for index, result in enumerate(results, 1):
                 name = _ktap_name(result.name)
-                if result.outcome in ("failed", "error"):
+                if result.outcome.failed:
                     lines += ["  # " + line for line in failure_lines(result)]
                     lines.append(f"  not ok {index} {name}")
-                elif result.outcome == "skipped":
+                elif result.outcome == Outcome.SKIPPED:
                     lines.append(f"  ok {index} {name} # SKIP {_ktap_name(result.message)}".rstrip())
                 else:
                     lines.append(f"  ok {index} {name}")
-            failed = any(r.outcome in ("failed", "error") for r in results)
-            skipped = results and all(r.outcome == "skipped" for r in results)
+            failed = any(r.outcome.failed for r in results)
+            skipped = results and all(r.outcome == Outcome.SKIPPED for r in results)
             lines.append(f"{'not ok' if failed else 'ok'} {number} {_ktap_name(file)}" + (" # SKIP" if skipped else ""))
         self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()

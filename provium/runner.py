@@ -15,49 +15,15 @@ import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import config as config_mod
 from .errors import ConfigError
 from .fixtures import Fixtures
-from .lua_runtime import FileOptions, LuaFile, build_fixture, display_name
-
-@dataclass
-class TestResult:
-    file: str
-    name: str
-    outcome: str
-    duration: float
-    message: str = ""
-    where: str = ""
-    details: dict = field(default_factory=dict)
-    traceback: str = ""
-    output: str = ""
-    consoles: dict = field(default_factory=dict)
-
-
-@dataclass
-class Summary:
-    results: list = field(default_factory=list)
-    duration: float = 0.0
-    files: list = field(default_factory=list)
-
-    def count(self, *outcomes):
-        return sum(r.outcome in outcomes for r in self.results)
-
-    @property
-    def passed(self):
-        return self.count("passed")
-
-    @property
-    def failed(self):
-        return self.count("failed", "error")
-
-    @property
-    def skipped(self):
-        return self.count("skipped")
-
+from .host_files import display_name
+from .lua_runtime import FileOptions, LuaFile, build_fixture
+from .results import Summary, TestResult
 
 _NOT_TESTS = {"fixtures", "lib"}  # fixture scripts and helper modules live here, not tests
 
@@ -138,20 +104,6 @@ def shard(runs, k, n):
     return [run for run in runs if int(hashlib.sha256(run.name.encode()).hexdigest(), 16) % n == k - 1]
 
 
-_DETAIL_KEYS = ("expected", "actual", "haystack", "needle")
-
-
-def _result(file, data):
-    return TestResult(
-        file=file, name=data["name"], outcome=data.get("outcome", "error"),
-        duration=data.get("duration", 0.0), message=data.get("message") or "",
-        where=data.get("where") or "", traceback=data.get("traceback") or "",
-        output=data.get("output") or "",
-        details={k: data[k] for k in _DETAIL_KEYS if data.get(k) is not None},
-        consoles={str(k): str(v) for k, v in dict(data.get("consoles") or {}).items()},
-    )
-
-
 class _InOrder:
     """Holds each file's ordered events until every file before it has finished."""
 
@@ -196,69 +148,82 @@ def suites(files, default):
     return out
 
 
-def run(runs, configs, cache, reporter, options_for=lambda config: FileOptions(), jobs=1, fail_fast=False,
-        interrupted=lambda: False):
+def _cells(runs, configs, cache, options_for, scratch):
+    """{(suite root, aliases): (FileOptions, Fixtures)}: fixtures are per suite and matrix cell."""
+    cells = {}
+    for item in runs:
+        config = configs[item.path]
+        if (config.root, item.aliases) not in cells:
+            options = replace(options_for(config), scratch=scratch, aliases=item.aliases)
+            cells[config.root, item.aliases] = (options, Fixtures(config, cache, build_fixture, options))
+    return cells
+
+
+class _FileRuns:
+    """The files of one run, each run on a pool thread: results into the Summary, events to the reporter."""
+
+    def __init__(self, runs, configs, cache, reporter, cells, fail_fast, interrupted):
+        self.configs, self.cache, self.reporter, self.cells = configs, cache, reporter, cells
+        self.fail_fast, self.interrupted = fail_fast, interrupted
+        self.summary = Summary(files=[item.name for item in runs])
+        self.ordered = _InOrder(self.summary.files, reporter)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def stopped(self) -> bool:
+        return self._stop.is_set() or self.interrupted()
+
+    def run_file(self, item: RunItem) -> None:
+        name, path = item.name, item.path
+        if self.stopped():
+            self.ordered.finish(name)
+            return
+        self.ordered.add(name, "file_started", name)
+        options, fixtures = self.cells[self.configs[path].root, item.aliases]
+        try:
+            LuaFile(path, name, self.configs[path], self.cache, self.on_test, self.interrupted, fixtures=fixtures,
+                    options=replace(options, should_stop=self.stopped),
+                    on_test_start=lambda test: self.on_test_start(name, test)).run()
+        finally:
+            self.ordered.add(name, "file_finished", name)
+            self.ordered.finish(name)
+
+    def on_test_start(self, file: str, test: str) -> None:
+        self.reporter.live_test_started(file, test)
+        self.ordered.add(file, "test_started", file, test)
+
+    def on_test(self, result: TestResult) -> None:
+        with self._lock:
+            self.summary.results.append(result)
+        self.reporter.live_test_finished(result)
+        self.ordered.add(result.file, "test_finished", result)
+        if self.fail_fast and result.outcome.failed:
+            self._stop.set()
+
+
+def run(runs, configs, cache, reporter, options_for=lambda config: FileOptions.for_run(config.run), jobs=1,
+        fail_fast=False, interrupted=lambda: False) -> Summary:
     """Run the RunItems on `jobs` threads; returns the Summary. Results are in the order given.
 
     configs: {file: Config} (see suites()); options_for(config) gives a suite's FileOptions.
     Fixtures are per suite and matrix cell: a fixture is built for each kernel it runs on.
     """
-    summary = Summary(files=[item.name for item in runs])
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="provium-run-"))
-    per_cell = {}
-    for item in runs:
-        config = configs[item.path]
-        if (config.root, item.aliases) not in per_cell:
-            options = replace(options_for(config), scratch=scratch, aliases=item.aliases)
-            per_cell[config.root, item.aliases] = (options, Fixtures(config, cache, build_fixture, options))
-    names = {item: item.name for item in runs}
-    ordered = _InOrder([names[item] for item in runs], reporter)
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def stopped():
-        return stop.is_set() or interrupted()
-
-    def run_file(item):
-        name, path = names[item], item.path
-        if stopped():
-            ordered.finish(name)
-            return
-        ordered.add(name, "file_started", name)
-
-        def on_test_start(test):
-            reporter.live_test_started(name, test)
-            ordered.add(name, "test_started", name, test)
-
-        def on_test(data):
-            result = _result(name, data)
-            with lock:
-                summary.results.append(result)
-            reporter.live_test_finished(result)
-            ordered.add(name, "test_finished", result)
-            if fail_fast and result.outcome in ("failed", "error"):
-                stop.set()
-
-        options, fixtures = per_cell[configs[path].root, item.aliases]
-        try:
-            LuaFile(path, name, configs[path], cache, on_test, interrupted, fixtures=fixtures,
-                    options=replace(options, should_stop=stopped), on_test_start=on_test_start).run()
-        finally:
-            ordered.add(name, "file_finished", name)
-            ordered.finish(name)
-
+    cells = _cells(runs, configs, cache, options_for, scratch)
+    files = _FileRuns(runs, configs, cache, reporter, cells, fail_fast, interrupted)
     try:
         with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="provium-file") as pool:
-            pending = {pool.submit(run_file, item) for item in runs}
+            pending = {pool.submit(files.run_file, item) for item in runs}
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 for future in done:
                     future.result()
     finally:
-        for _, fixtures in per_cell.values():
+        for _, fixtures in cells.values():
             fixtures.close()
         shutil.rmtree(scratch, ignore_errors=True)
+    summary = files.summary
     order = {name: i for i, name in enumerate(summary.files)}
     summary.results.sort(key=lambda r: order[r.file])  # stable: tests keep their order within a file
     summary.duration = time.monotonic() - started

@@ -5,21 +5,29 @@ user drive guests through Vm. Ops run on an agent channel (the VM's main
 worker is channel 1); guest.GuestOps holds them so that workers (guest.Worker) share them.
 """
 
+from __future__ import annotations
+
 import functools
 import os
 import shlex
+import shutil
 import subprocess
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import agent_build, deadline, findings, images, protocol, qemu, resources, symbolize
 from .agent_client import AgentClient, ConnectionLost
-from .errors import ProtocolError
-from .config import parse_memory
-from .errors import AgentError, BootError, ConfigError, DeadlineError, ImageError, VmStateError
-from .findings import Finding
+from .config import RunSettings, parse_memory
+from .errors import AgentError, BootError, ConfigError, DeadlineError, ImageError, ProtocolError, VmStateError
+from .findings import Finding, Located
 from .guest import GuestOps, Worker
+
+if TYPE_CHECKING:
+    from .cache import Cache
+    from .config import Profile
 
 SHUTDOWN_TIMEOUT = 10.0
 CONSOLE_TAIL_LINES = 25
@@ -29,14 +37,17 @@ REPORT_SETTLE = 2.0  # seconds to wait for the rest of a kernel report still bei
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds a boot and an agent op may take (before any test deadline clamps them)."""
+    """Seconds a boot and an agent op may take (before any test deadline clamps them), already scaled
+    for the accelerator."""
 
-    boot: float = 60.0
-    op: float = 120.0
+    boot: float
+    op: float
 
     @classmethod
-    def from_settings(cls, run, accel):
-        factor = run.tcg_slowdown if accel == "tcg" else 1.0
+    def from_settings(cls, run: RunSettings = RunSettings(), accel: str | None = None) -> Timeouts:
+        """run's boot and op timeouts (RunSettings' defaults when not given) scaled for `accel` (None: the
+        accelerator in use)."""
+        factor = run.slowdown(accel or accelerator()[0])
         return cls(boot=run.boot_timeout * factor, op=run.op_timeout * factor)
 
 
@@ -125,12 +136,15 @@ def host_tsc_khz(agent_path):
 
 
 class Vm(GuestOps):
-    """A guest booted from a profile. States: created → running → stopped."""
+    """A guest booted from a profile. States: created → running → stopped.
 
-    def __init__(self, profile, cache, name=None, snapshot_dir=None, timeouts=Timeouts()):
+    timeouts: None is RunSettings' defaults for the accelerator in use."""
+
+    def __init__(self, profile: Profile, cache: Cache, name: str | None = None,
+                 snapshot_dir: str | Path | None = None, timeouts: Timeouts | None = None) -> None:
         self.profile = profile
         self.cache = cache
-        self.timeouts = timeouts
+        self.timeouts = Timeouts.from_settings() if timeouts is None else timeouts
         self.crash = None  # the GuestCrash of a fatal finding: every later op raises it again
         self.allow_warnings = False  # kernel warnings on the console fail the op or test that sees them
         self.symbols = symbolize.Symbols(None)  # where the frames of its kernel's reports are decoded
@@ -141,16 +155,17 @@ class Vm(GuestOps):
         self._reserved = 0
         self.name = name or profile.name
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
-        self.spec = None
+        self.spec: SnapshotSpec | None = None
         self.disk_backings = ()  # (image, format) under each disk's overlay, when started for a snapshot
         self.state = "created"
-        self.machine = None
-        self.client = None
+        self.machine: qemu.QemuMachine | None = None
+        self.client: AgentClient | None = None
 
     def __repr__(self):
         return f"<Vm {self.name} {self.state}>"
 
-    def boot(self, memory=None, cpus=None, files=None, disks=()):
+    def boot(self, memory: str | None = None, cpus: int | None = None, files: Mapping[str, Path] | None = None,
+             disks: Iterable[Disk] = ()) -> None:
         """Start the guest and wait until its agent answers.
 
         files: {guest path: host Path} copied in after boot (parents created,
@@ -160,6 +175,18 @@ class Vm(GuestOps):
         """
         if self.state != "created":
             raise VmStateError(f"VM {self.name!r} cannot boot: it is {self.state}")
+        memory_mib, cpus, disks, boot_files = self._boot_options(memory, cpus, files, disks)
+        timeout = deadline.clamp(self.timeouts.boot)
+        started = time.monotonic()
+        machine = self._boot_machine(memory_mib, cpus, disks)
+        self._start(machine, memory_mib, cold=True, timeout=timeout, started=started)
+        if boot_files:
+            self._copy_in(boot_files)
+            self.symbols = self.symbols.with_modules(files.values())
+
+    def _boot_options(self, memory, cpus, files, disks):
+        """(memory in MiB, cpus, disks, {guest path: (bytes, mode)}) from boot()'s options, the profile's
+        where not given; ConfigError names a bad one."""
         memory_mib = self.profile.memory_mib if memory is None else parse_memory(memory, "boot option memory")
         if cpus is None:
             cpus = self.profile.cpus
@@ -167,46 +194,80 @@ class Vm(GuestOps):
             raise ConfigError(f"boot option cpus must be an integer from 1 to 64, not {cpus!r}")
         disks = list(disks)
         check_disks(disks)
-        boot_files = read_boot_files(files or {})
-        timeout = deadline.clamp(self.timeouts.boot)
-        started = time.monotonic()
+        return memory_mib, cpus, disks, read_boot_files(files or {})
+
+    def _boot_machine(self, memory_mib, cpus, disks):
+        """The QemuMachine that boots the profile's kernel; its machine becomes self.spec."""
         boot_images = images.prepare(self.profile, self.cache)
         accel, _ = accelerator()
         tsc = host_tsc_khz(agent_build.build(self.cache))
-        ram_file = None
-        if self.snapshot_dir is not None:
-            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-            ram_file = self.snapshot_dir / SNAPSHOT_RAM
-            self.disk_backings = tuple((d.path, d.format) for d in disks)
-            disks = [Disk(_overlay(self.snapshot_dir / f"disk{i}.qcow2", d.path, d.format), "qcow2", d.readonly)
-                     for i, d in enumerate(disks)]
+        ram_file, disks = self._boot_storage(disks)
         self.spec = SnapshotSpec(
             profile=self.profile.name, vmlinux=str(boot_images.vmlinux), initrd=str(boot_images.initrd),
             cmdline=qemu.kernel_cmdline(accel, tsc, self.profile.cmdline), memory_mib=memory_mib,
             cpus=cpus, accel=accel, disks=tuple((d.format, d.readonly) for d in disks),
             qemu_args=self.profile.qemu_args)
-        self._reserved = resources.host_memory.reserve(memory_mib, f"VM {self.name!r}")
-        self.machine = qemu.QemuMachine(
-            vmlinux=boot_images.vmlinux, initrd=boot_images.initrd, cmdline=self.spec.cmdline,
-            memory_mib=memory_mib, cpus=cpus, accel=accel, disks=disks, name=self.name, ram_file=ram_file,
-            extra_args=self.profile.qemu_args)
-        self.state = "running"
+        return self._machine(disks, ram_file=ram_file)
+
+    def _boot_storage(self, disks):
+        """(RAM file, disks): none and the disks themselves; with snapshot_dir, a RAM file there and
+        overlays there of the disks (which become disk_backings)."""
+        if self.snapshot_dir is None:
+            return None, disks
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        self.disk_backings = tuple((d.path, d.format) for d in disks)
+        overlays = [Disk(_overlay(self.snapshot_dir / f"disk{i}.qcow2", d.path, d.format), "qcow2", d.readonly)
+                    for i, d in enumerate(disks)]
+        return self.snapshot_dir / SNAPSHOT_RAM, overlays
+
+    def _machine(self, disks, **storage):
+        """A QemuMachine for self.spec with these disks; storage: QemuMachine's ram_file, ram_shared,
+        incoming and workdir."""
+        spec = self.spec
+        return qemu.QemuMachine(
+            vmlinux=spec.vmlinux, initrd=spec.initrd, cmdline=spec.cmdline, memory_mib=spec.memory_mib,
+            cpus=spec.cpus, accel=spec.accel, disks=disks, name=self.name, extra_args=spec.qemu_args, **storage)
+
+    def _start(self, machine, reserve_mib, *, cold, timeout, started):
+        """Reserve host memory, launch `machine` and shake hands with the guest's agent: a cold boot waits
+        for the agent's hello first; a resume loads the snapshot first and sets the guest's clock after.
+        BootError when the guest does not come up within `timeout` seconds of `started`; killed on any
+        failure."""
         try:
-            self.client = AgentClient(self.machine.launch(timeout), watch=self.check_console)
-            if self.snapshot_dir is None:
-                self.machine.release_qmp()
-            remaining = timeout - (time.monotonic() - started)
-            self.client.wait_hello(remaining)
-            self.client.handshake(max(1.0, timeout - (time.monotonic() - started)))
+            self._reserved = resources.host_memory.reserve(reserve_mib, f"VM {self.name!r}")
+        except BaseException:
+            machine.kill()  # it never ran: this removes its workdir
+            raise
+        self.machine, self.state = machine, "running"
+        try:
+            self._connect(cold, timeout, started)
         except (ConnectionLost, DeadlineError) as exc:
-            what = "did not boot" if isinstance(exc, ConnectionLost) else f"did not boot within {timeout:.0f} s"
-            raise BootError(f"VM {self.name!r} {what}: {self._explain()}") from None
+            raise BootError(f"VM {self.name!r} {_not_started(exc, cold, timeout)}: {self._explain()}") from None
+        except GuestCrash as exc:
+            if not self.crash:  # a warning while booting fails the boot as it is
+                self.kill()
+                raise
+            # a panic seen on the console before QEMU exited: the same error as when it has exited
+            raise BootError(f"VM {self.name!r} {_not_started(exc, cold, timeout)}: {self._explain()}") from None
         except BaseException:
             self.kill()
             raise
-        if boot_files:
-            self._copy_in(boot_files)
-            self.symbols = self.symbols.with_modules((files or {}).values())
+
+    def _connect(self, cold, timeout, started):
+        """_start's launch and handshake, the agent's waits bounded by what is left of the boot's time."""
+        def left(floor=0.0):
+            return max(floor, started + timeout - time.monotonic())
+
+        self.client = AgentClient(self.machine.launch(timeout), watch=self.check_console)
+        if not cold:
+            self.machine.resume_incoming(timeout)
+        if self.snapshot_dir is None:
+            self.machine.release_qmp()
+        if cold:
+            self.client.wait_hello(left())
+        self.client.handshake(left(1.0))
+        if not cold:
+            self.client.request(protocol.ROUTER_CHANNEL, "set_clock", left(1.0), realtime_ns=time.time_ns())
 
     def _copy_in(self, boot_files):
         parents = sorted({str(Path(p).parent) for p in boot_files})
@@ -236,21 +297,36 @@ class Vm(GuestOps):
         self.check_console()  # what the kernel printed while the op ran fails the op, at the caller's line
         return reply
 
-    def check_console(self):
+    def check_console(self) -> None:
         """Raise GuestCrash for the kernel's reports on the console not reported yet (warnings only where
         not allowed). A fatal one (a panic, an oops) is raised again by every later op."""
-        if self.crash or self.machine is None:
+        if self.crash or self.machine is None or not self._console_grew():
             return
+        raised = tuple(located.finding for located in self._scan_console()
+                       if not (located.finding.kind == findings.KERNEL_WARNING and self.allow_warnings))
+        if raised:
+            crash = self.crash_for(raised)
+            if any(finding.fatal for finding in raised):
+                self.crash = crash
+            raise crash
+
+    def _console_grew(self):
+        """True when the console log changed since the last scan (which starts over if it was trimmed)."""
         self.machine.sync_console()
         try:
             size = self.machine.console_path.stat().st_size
         except OSError:
-            return
+            return False
         if size == self._console_size:
-            return  # nothing new
+            return False
         if size < self._console_size:
             self._console_seen = 0  # the log was trimmed (a flooding guest)
         self._console_size = size
+        return True
+
+    def _scan_console(self) -> list[Located]:
+        """The reports in the console's whole lines not scanned yet; one still being printed is given up to
+        REPORT_SETTLE seconds to end."""
         console = self.machine.console_text()
         end = console.rfind("\n") + 1  # whole lines only: an unfinished one is read again next time
         found = findings.scan(console, self._console_seen, end)
@@ -261,13 +337,7 @@ class Vm(GuestOps):
             console = self.machine.console_text()
             found = findings.scan(console, self._console_seen, end)
         self._console_seen = max([end, *(located.end for located in found)])
-        raised = tuple(located.finding for located in found
-                       if not (located.finding.kind == findings.KERNEL_WARNING and self.allow_warnings))
-        if raised:
-            crash = self.crash_for(raised)
-            if any(finding.fatal for finding in raised):
-                self.crash = crash
-            raise crash
+        return found
 
     def crash_for(self, raised: tuple[Finding, ...]) -> GuestCrash:
         """The GuestCrash for findings of this VM, their frames decoded (on the harness's time, not the
@@ -295,7 +365,8 @@ class Vm(GuestOps):
         return f"{head}\n{format_console_tail(console, fatal.start if fatal else None)}"
 
     @classmethod
-    def resume(cls, profile, cache, spec, entry, name=None, snapshot_dir=None, timeouts=Timeouts()):
+    def resume(cls, profile: Profile, cache: Cache, spec: SnapshotSpec, entry: str | Path, name: str | None = None,
+               snapshot_dir: str | Path | None = None, timeouts: Timeouts | None = None) -> Vm:
         """A running clone of the snapshot in directory `entry` (made by snapshot()).
 
         The clone maps the snapshot's RAM file copy-on-write and writes its disks
@@ -304,41 +375,42 @@ class Vm(GuestOps):
         """
         vm = cls(profile, cache, name, snapshot_dir, timeouts)
         vm.spec = spec
-        timeout = deadline.clamp(timeouts.boot)
-        workdir = qemu.make_workdir()
-        disk_dir = vm.snapshot_dir or workdir
-        ram_file, shared = Path(entry) / SNAPSHOT_RAM, False
-        if vm.snapshot_dir is not None:
-            vm.snapshot_dir.mkdir(parents=True, exist_ok=True)
-            ram_file, shared = vm.snapshot_dir / SNAPSHOT_RAM, True
-            subprocess.run(["cp", "--sparse=always", str(Path(entry) / SNAPSHOT_RAM), str(ram_file)], check=True)
-        frozen = [Path(entry) / f"disk{i}.qcow2" for i in range(len(spec.disks))]
-        if vm.snapshot_dir is not None:
-            vm.disk_backings = tuple((path, "qcow2") for path in frozen)
-        disks = [Disk(_overlay(disk_dir / f"disk{i}.qcow2", path, "qcow2"), "qcow2", readonly)
-                 for i, (path, (_, readonly)) in enumerate(zip(frozen, spec.disks))]
+        timeout = deadline.clamp(vm.timeouts.boot)
+        machine = vm._clone_machine(Path(entry))
         # a clone shares the snapshot's pages until it writes: reserve a quarter of its RAM
-        vm._reserved = resources.host_memory.reserve(spec.memory_mib // 4, f"VM {vm.name!r}")
-        vm.machine = qemu.QemuMachine(
-            vmlinux=spec.vmlinux, initrd=spec.initrd, cmdline=spec.cmdline, memory_mib=spec.memory_mib,
-            cpus=spec.cpus, accel=spec.accel, disks=disks, name=vm.name, ram_file=ram_file,
-            ram_shared=shared, incoming=Path(entry) / SNAPSHOT_STATE, workdir=workdir, extra_args=spec.qemu_args)
-        vm.state = "running"
-        try:
-            vm.client = AgentClient(vm.machine.launch(timeout), watch=vm.check_console)
-            vm.machine.resume_incoming(timeout)
-            if vm.snapshot_dir is None:
-                vm.machine.release_qmp()
-            vm.client.handshake(timeout)
-            vm.client.request(protocol.ROUTER_CHANNEL, "set_clock", timeout, realtime_ns=time.time_ns())
-        except (ConnectionLost, DeadlineError) as exc:
-            raise BootError(f"VM {vm.name!r} did not resume: {exc}: {vm._explain()}") from None
-        except BaseException:
-            vm.kill()
-            raise
+        vm._start(machine, spec.memory_mib // 4, cold=False, timeout=timeout, started=time.monotonic())
         return vm
 
-    def snapshot(self):
+    def _clone_machine(self, entry):
+        """The QemuMachine that resumes the snapshot in `entry`."""
+        workdir = qemu.make_workdir()
+        try:
+            ram_file, shared = self._clone_ram(entry)
+            disks = self._clone_disks(entry, self.snapshot_dir or workdir)
+            return self._machine(disks, ram_file=ram_file, ram_shared=shared, incoming=entry / SNAPSHOT_STATE,
+                                 workdir=workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+
+    def _clone_ram(self, entry):
+        """(RAM file, shared): the snapshot's, mapped copy-on-write; with snapshot_dir, a private copy there."""
+        if self.snapshot_dir is None:
+            return entry / SNAPSHOT_RAM, False
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        ram_file = self.snapshot_dir / SNAPSHOT_RAM
+        subprocess.run(["cp", "--sparse=always", str(entry / SNAPSHOT_RAM), str(ram_file)], check=True)
+        return ram_file, True
+
+    def _clone_disks(self, entry, disk_dir):
+        """Overlays in disk_dir of the snapshot's frozen disks (with snapshot_dir, these become disk_backings)."""
+        frozen = [entry / f"disk{i}.qcow2" for i in range(len(self.spec.disks))]
+        if self.snapshot_dir is not None:
+            self.disk_backings = tuple((path, "qcow2") for path in frozen)
+        return [Disk(_overlay(disk_dir / f"disk{i}.qcow2", path, "qcow2"), "qcow2", readonly)
+                for i, (path, (_, readonly)) in enumerate(zip(frozen, self.spec.disks))]
+
+    def snapshot(self) -> SnapshotSpec:
         """Save the running guest into its snapshot_dir and stop it; returns its SnapshotSpec."""
         if self.snapshot_dir is None:
             raise VmStateError(f"VM {self.name!r} was not started for a snapshot")
@@ -351,19 +423,19 @@ class Vm(GuestOps):
                 os.fsync(f.fileno())
         return self.spec
 
-    def spawn(self, thread=False):
+    def spawn(self, thread: bool = False) -> Worker:
         """A new worker: a forked copy of the VM's main worker process, or a thread of it."""
         reply = self._call(protocol.ROUTER_CHANNEL, "spawn", None, thread=bool(thread))
         return Worker(self, reply["channel"], reply["pid"], reply["tid"], bool(thread))
 
-    def console_text(self):
+    def console_text(self) -> str:
         """Everything the guest printed on its console (kept after it stops)."""
         return self.machine.console_text() if self.machine is not None else ""
 
-    def console_tail(self, lines=CONSOLE_TAIL_LINES):
+    def console_tail(self, lines: int = CONSOLE_TAIL_LINES) -> str:
         return "\n".join(self.console_text().splitlines()[-lines:])
 
-    def shutdown(self, timeout=SHUTDOWN_TIMEOUT):
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
         """Power the guest off; force-kill QEMU if it has not exited after `timeout`."""
         if self.state != "running":
             return
@@ -371,15 +443,19 @@ class Vm(GuestOps):
             self.client.request(protocol.ROUTER_CHANNEL, "poweroff", min(timeout, 5.0))
         except (ConnectionLost, DeadlineError, AgentError):
             pass
-        self.machine.wait(timeout)
-        self.kill()
+        self._stop(timeout)
 
-    def kill(self):
+    def kill(self) -> None:
         """Terminate QEMU at once. Safe in any state."""
+        self._stop(None)
+
+    def _stop(self, timeout):
+        """Stop QEMU (given `timeout` seconds to exit on its own; None: at once), close the agent connection
+        and give back the VM's host memory."""
+        if self.machine is not None:
+            self.machine.shutdown(timeout)
         if self.client is not None:
             self.client.close()
-        if self.machine is not None:
-            self.machine.kill()
         if self._reserved:
             resources.host_memory.release(self._reserved)
             self._reserved = 0
@@ -387,7 +463,14 @@ class Vm(GuestOps):
             self.state = "stopped"
 
 
-def format_console_tail(console, at=None, lines=CONSOLE_TAIL_LINES):
+def _not_started(exc, cold, timeout):
+    """How a boot or a resume failed when the agent connection was lost, the kernel crashed or time ran out."""
+    if not cold:
+        return f"did not resume: {exc}"
+    return f"did not boot within {timeout:.0f} s" if isinstance(exc, DeadlineError) else "did not boot"
+
+
+def format_console_tail(console: str, at: int | None = None, lines: int = CONSOLE_TAIL_LINES) -> str:
     """The last console lines, or those around offset `at` (where a panic starts)."""
     if at is None:
         shown, title = console.splitlines()[-lines:], "console tail"

@@ -1,9 +1,11 @@
 -- The Lua face of Provium: the provium table, VM objects, test(), todo(),
 -- the assertions, and the sandbox every test file runs in. Python hands in
--- `bridge`, a table of functions that return (true, results...) or
--- (false, message); everything users see is defined here so that errors carry
--- the test file's own file:line. Test files never see this chunk's globals:
--- each runs in its own environment over a read-only base (see the end).
+-- `bridge` (provium/bridge.py), a table of functions that return
+-- (true, results...) or (false, message, kind, errno, detail); everything
+-- users see is defined here so that errors carry the test file's own
+-- file:line. The guest ops (vm:exec, vm:read_file, ...) are made from the
+-- bridge's op table (bridge.guest_ops). Test files never see this chunk's
+-- globals: each runs in its own environment over a read-only base (see the end).
 local bridge = ...
 
 -- The harness's own references, taken before anything is hidden.
@@ -25,15 +27,43 @@ end
 
 local Todo = {__metatable = false}
 
--- Calls a bridge function; raises its error message at the API caller's line (or skips the
--- test, when the bridge says the test cannot run here).
-local function call(fn, ...)
-  local result = table.pack(fn(...))
-  if not result[1] then
-    if result[3] == "skip" then error(setmetatable({reason = result[2]}, Todo), 0) end
-    error(result[2], 3)
+-- file:line of the innermost caller outside this chunk (the test file's own line), or nil.
+local function caller_line()
+  for level = 3, 200 do
+    local info = getinfo(level, "Sl")
+    if not info then return nil end
+    if info.source ~= HARNESS and info.currentline and info.currentline > 0 then
+      return info.short_src .. ":" .. info.currentline
+    end
   end
-  return table.unpack(result, 2, result.n)
+end
+
+-- What an op's error raised into Lua carries besides its text, by the raised string: {errno, detail}.
+-- Bounded: the oldest are forgotten first.
+local ERRORS_KEPT = 256
+local raised_errors, raised_order = {}, {}
+
+local function remember(message, errno, detail)
+  if errno == nil and detail == nil then return end
+  if raised_errors[message] == nil then
+    raised_order[#raised_order + 1] = message
+    if #raised_order > ERRORS_KEPT then raised_errors[table.remove(raised_order, 1)] = nil end
+  end
+  raised_errors[message] = {errno = errno, detail = detail}
+end
+
+-- Calls a bridge function for the API method `method`; raises its error at the test file's line
+-- (an argument error names the method), or skips the test when the bridge says it cannot run here.
+local function call(method, fn, ...)
+  local result = table.pack(fn(...))
+  if result[1] then return table.unpack(result, 2, result.n) end
+  local message, kind = result[2], result[3]
+  if kind == "skip" then error(setmetatable({reason = message}, Todo), 0) end
+  if kind == "argument" then message = method .. ": " .. message end
+  local line = caller_line()
+  if line then message = line .. ": " .. message end
+  remember(message, result[4], result[5])
+  error(message, 0)
 end
 
 local function check(method, index, name, value, expected, optional)
@@ -90,6 +120,8 @@ local function plain(v)
   return v
 end
 
+bridge.set_wrap(wrap)
+
 ---------------------------------------------------------------- VMs
 
 local VM = {__metatable = false}
@@ -142,35 +174,27 @@ function VM:boot(opts)
     end
     disks[i] = d
   end
-  call(bridge.vm_boot, self._h, opts.memory, opts.cpus, opts.files or {}, disks)
+  call("vm:boot", bridge.vm_boot, self._h, opts.memory, opts.cpus, opts.files or {}, disks)
   return self
 end
 
-function VM:exec(cmd)
-  is_vm(self, "vm:exec")
-  check("vm:exec", 1, "cmd", cmd, "string")
-  local code, out, err = call(bridge.vm_exec, self._h, cmd)
-  return {ok = code == 0, exit_code = code, stdout = wrap(out), stderr = wrap(err)}
+-- The guest ops, one method each from the bridge's op table; it checks their arguments.
+local function plains(n, a, b, ...)
+  if n == 0 then return end
+  if n <= 2 then return plain(a), plain(b) end
+  return plain(a), plain(b), plains(n - 2, ...)
 end
 
-function VM:read_file(path)
-  is_vm(self, "vm:read_file")
-  check("vm:read_file", 1, "path", path, "string")
-  return call(bridge.vm_read_file, self._h, path)
+for _, name in ipairs(bridge.guest_ops) do
+  local method = "vm:" .. name
+  VM[name] = function(self, ...)
+    is_vm(self, method)
+    return call(method, bridge.guest, name, self._h, plains(select("#", ...), ...))
+  end
 end
 
-function VM:write_file(path, data)
-  is_vm(self, "vm:write_file")
-  check("vm:write_file", 1, "path", path, "string")
-  data = plain(data)
-  check("vm:write_file", 2, "data", data, "string")
-  call(bridge.vm_write_file, self._h, path, data)
-end
-
-function VM:json(cmd)
-  is_vm(self, "vm:json")
-  check("vm:json", 1, "cmd", cmd, "string")
-  return call(bridge.vm_json, self._h, cmd)
+local function exec(method, vm, cmd)
+  return call(method, bridge.guest, "exec", vm._h, cmd)
 end
 
 local function shell_quote(s)
@@ -182,11 +206,11 @@ function VM:dmesg(pattern)
   check("vm:dmesg", 1, "pattern", pattern, "string", true)
   local cmd = "dmesg"
   if pattern then cmd = cmd .. " | grep -e " .. shell_quote(pattern) end
-  local code, out, err = call(bridge.vm_exec, self._h, cmd)
-  if code > 1 or (code == 1 and not pattern) then
-    error("vm:dmesg: " .. cmd .. " failed (exit " .. code .. "): " .. err, 2)
+  local r = exec("vm:dmesg", self, cmd)
+  if r.exit_code > 1 or (r.exit_code == 1 and not pattern) then
+    error("vm:dmesg: " .. cmd .. " failed (exit " .. r.exit_code .. "): " .. r.stderr.value, 2)
   end
-  return out
+  return r.stdout.value
 end
 
 local VFS = {
@@ -201,9 +225,9 @@ function VM:mount_vfs()
       "{ grep -q '^[^ ]* %s ' /proc/mounts || { mkdir -p %s && mount -t %s %s %s; }; }",
       m[2], m[2], m[1], m[1], m[2])
   end
-  local code, _, err = call(bridge.vm_exec, self._h, table.concat(steps, " && "))
-  if code ~= 0 then
-    error("vm:mount_vfs: mounting failed: " .. err, 2)
+  local r = exec("vm:mount_vfs", self, table.concat(steps, " && "))
+  if not r.ok then
+    error("vm:mount_vfs: mounting failed: " .. r.stderr.value, 2)
   end
 end
 
@@ -242,23 +266,23 @@ local function integer(method, what, v, level)
   return i
 end
 
--- The syscall arguments (...), checked: at most 6 integers.
+-- The syscall arguments (...) as integers (their count and the buffer indexes are checked
+-- by the bridge, as every other limit of the syscall op).
 local function int_args(method, n, ...)
   local args = {}
-  if n > 6 then error(method .. ": at most 6 syscall arguments, got " .. n, 3) end
   for i = 1, n do
     args[i] = integer(method, "argument " .. (i - 1), (select(i, ...)), 4)
   end
   return args
 end
 
--- {[index] = data} checked: indices 0..5, data strings.
+-- {[index] = data} with integer indexes and string data.
 local function buf_table(method, bufs)
   local out = {}
   for idx, data in pairs(bufs) do
     local i = math.tointeger(idx)
-    if i == nil or i < 0 or i > 5 then
-      error(method .. ": buffer index " .. tostring(idx) .. " must be an integer from 0 to 5", 3)
+    if i == nil then
+      error(method .. ": buffer index " .. tostring(idx) .. " must be an integer", 3)
     end
     data = plain(data)
     if type(data) ~= "string" then
@@ -276,14 +300,14 @@ local function count(t)
 end
 
 -- Runs the syscall; returns ret, then buffers (index order), then pointer targets.
-local function do_syscall(self, nr, args, bufs, ptrs)
-  return call(bridge.vm_syscall, self._h, nr, args, bufs, ptrs or {})
+local function do_syscall(method, self, nr, args, bufs, ptrs)
+  return call(method, bridge.guest, "syscall", self._h, nr, args, bufs, ptrs or {})
 end
 
 function VM:syscall(nr, ...)
   is_vm(self, "vm:syscall")
   nr = integer("vm:syscall", "nr", nr)
-  local ret = do_syscall(self, nr, int_args("vm:syscall", select("#", ...), ...), {})
+  local ret = do_syscall("vm:syscall", self, nr, int_args("vm:syscall", select("#", ...), ...), {})
   return ret
 end
 
@@ -292,7 +316,7 @@ function VM:syscall_buf(nr, index, data, ...)
   nr = integer("vm:syscall_buf", "nr", nr)
   index = integer("vm:syscall_buf", "buf_arg_index", index)
   local bufs = buf_table("vm:syscall_buf", {[index] = data})
-  local ret = do_syscall(self, nr, int_args("vm:syscall_buf", select("#", ...), ...), bufs)
+  local ret = do_syscall("vm:syscall_buf", self, nr, int_args("vm:syscall_buf", select("#", ...), ...), bufs)
   return ret
 end
 
@@ -301,7 +325,7 @@ function VM:syscall_bufs(nr, bufs, ...)
   nr = integer("vm:syscall_bufs", "nr", nr)
   check("vm:syscall_bufs", 2, "bufs_table", bufs, "table")
   bufs = buf_table("vm:syscall_bufs", bufs)
-  return do_syscall(self, nr, int_args("vm:syscall_bufs", select("#", ...), ...), bufs)
+  return do_syscall("vm:syscall_bufs", self, nr, int_args("vm:syscall_bufs", select("#", ...), ...), bufs)
 end
 
 -- Pointer specs as the bridge wants them: {buf, offset, length, data}.
@@ -337,7 +361,7 @@ function VM:syscall_ptr(nr, bufs, ptrs, ...)
   check("vm:syscall_ptr", 2, "bufs_table", bufs, "table")
   check("vm:syscall_ptr", 3, "ptrs_table", ptrs, "table")
   bufs = buf_table("vm:syscall_ptr", bufs)
-  return do_syscall(self, nr, int_args("vm:syscall_ptr", select("#", ...), ...), bufs,
+  return do_syscall("vm:syscall_ptr", self, nr, int_args("vm:syscall_ptr", select("#", ...), ...), bufs,
     pointer_specs("vm:syscall_ptr", ptrs))
 end
 
@@ -348,13 +372,13 @@ function VM:ioctl(fd, cmd, arg)
   cmd = integer("vm:ioctl", "cmd", cmd)
   arg = plain(arg)
   if type(arg) == "string" then
-    return do_syscall(self, SYS_IOCTL, {fd, cmd, 0}, {[2] = arg})
+    return do_syscall("vm:ioctl", self, SYS_IOCTL, {fd, cmd, 0}, {[2] = arg})
   end
   local value = arg == nil and 0 or math.tointeger(arg)
   if value == nil then
     error("vm:ioctl: argument 3 (arg) must be a string or an integer, got " .. (math.type(arg) or type(arg)), 2)
   end
-  return (do_syscall(self, SYS_IOCTL, {fd, cmd, value}, {})), nil
+  return (do_syscall("vm:ioctl", self, SYS_IOCTL, {fd, cmd, value}, {})), nil
 end
 
 function VM:ioctl_buf(fd, cmd, struct, specs)
@@ -364,41 +388,8 @@ function VM:ioctl_buf(fd, cmd, struct, specs)
   struct = plain(struct)
   check("vm:ioctl_buf", 3, "struct_data", struct, "string")
   check("vm:ioctl_buf", 4, "specs", specs, "table")
-  return do_syscall(self, SYS_IOCTL, {fd, cmd, 0}, {[2] = struct},
+  return do_syscall("vm:ioctl_buf", self, SYS_IOCTL, {fd, cmd, 0}, {[2] = struct},
     pointer_specs("vm:ioctl_buf", specs, 2))
-end
-
----------------------------------------------------------------- jobs
-
-local function job_result(running, code, out, err, truncated)
-  return {running = running, exit_code = code, stdout = wrap(out), stderr = wrap(err),
-          truncated = truncated}
-end
-
-local function job_id(method, job)
-  if type(job) ~= "table" or math.type(job.id) ~= "integer" then
-    error(method .. ": argument 1 (job) must be the table vm:background returned", 3)
-  end
-  return job.id
-end
-
-function VM:background(cmd)
-  is_vm(self, "vm:background")
-  check("vm:background", 1, "cmd", cmd, "string")
-  local id, pid = call(bridge.vm_background, self._h, cmd)
-  return {id = id, pid = pid}
-end
-
-function VM:job_wait(job, timeout)
-  is_vm(self, "vm:job_wait")
-  local id = job_id("vm:job_wait", job)
-  check("vm:job_wait", 2, "timeout", timeout, "number", true)
-  return job_result(call(bridge.vm_job_wait, self._h, id, timeout))
-end
-
-function VM:job_kill(job)
-  is_vm(self, "vm:job_kill")
-  return job_result(call(bridge.vm_job_kill, self._h, job_id("vm:job_kill", job)))
 end
 
 ---------------------------------------------------------------- workers
@@ -411,18 +402,18 @@ function VM:spawn(opts)
   opts = opts or {}
   known_options("vm:spawn", opts, {thread = true})
   check("vm:spawn", 1, "opts.thread", opts.thread, "boolean", true)
-  local handle, pid, tid = call(bridge.vm_spawn, self._h, opts.thread == true)
+  local handle, pid, tid = call("vm:spawn", bridge.vm_spawn, self._h, opts.thread == true)
   return setmetatable({_h = handle, _name = self._name .. "/" .. tid, pid = pid, tid = tid}, Worker)
 end
 
 function VM:shutdown()
   is_vm(self, "vm:shutdown")
-  call(bridge.vm_shutdown, self._h)
+  call("vm:shutdown", bridge.vm_shutdown, self._h)
 end
 
 function VM:kill()
   is_vm(self, "vm:kill")
-  call(bridge.vm_kill, self._h)
+  call("vm:kill", bridge.vm_kill, self._h)
 end
 
 for name, fn in pairs(VM) do
@@ -437,7 +428,7 @@ function Worker:kill()
   if getmt(self) ~= Worker then
     error("worker:kill: call it with ':' on a worker", 2)
   end
-  call(bridge.worker_kill, self._h)
+  call("worker:kill", bridge.worker_kill, self._h)
 end
 
 ---------------------------------------------------------------- provium
@@ -446,24 +437,32 @@ provium = {}
 
 function provium.create(profile)
   check("provium.create", 1, "profile", profile, "string")
-  local handle = call(bridge.create, profile)
+  local handle = call("provium.create", bridge.create, profile)
   return new_vm(handle, profile)
 end
 
 function provium.fixture(name)
   check("provium.fixture", 1, "name", name, "string")
-  local handle = call(bridge.fixture, name)
+  local handle = call("provium.fixture", bridge.fixture, name)
   return new_vm(handle, name)
 end
 
 function provium.shutdown_all()
-  call(bridge.shutdown_all)
+  call("provium.shutdown_all", bridge.shutdown_all)
 end
 
 function provium.path(name, profile)
   check("provium.path", 1, "name", name, "string")
   check("provium.path", 2, "profile", profile, "string", true)
-  return call(bridge.path, name, profile)
+  return call("provium.path", bridge.path, name, profile)
+end
+
+-- The errno of a guest op's error as pcall caught it (a failed vm:read_file: 2 for ENOENT); nil for
+-- an error that carries none.
+function provium.errno(err)
+  check("provium.errno", 1, "err", err, "string")
+  local info = raised_errors[err]
+  return info and info.errno
 end
 
 local loaded = {}
@@ -473,7 +472,7 @@ local file_env -- the environment of the file being run (set by the runner funct
 function require(name)
   check("require", 1, "name", name, "string")
   if loaded[name] == nil then
-    local source, chunkname = call(bridge.require_source, name)
+    local source, chunkname = call("require", bridge.require_source, name)
     local chunk, message = raw_load(source, chunkname, "t", file_env)
     if not chunk then error(message, 2) end
     local result = chunk(name)
@@ -720,6 +719,10 @@ local function on_error(e)
   end
   local message = describe(e, "error value")
   local loc, rest = message:match("^([^:\n]+:%d+): (.*)$")
+  local info = type(e) == "string" and raised_errors[e]
+  if info and info.detail then -- an internal error: where in provium it happened
+    trace = trace .. "\nPython traceback (a bug in provium):\n" .. info.detail
+  end
   return {outcome = "error", message = rest or message, where = loc, traceback = trace}
 end
 
@@ -753,13 +756,13 @@ function test(name, opts, fn)
   if current_test ~= nil then
     error("test(): cannot nest test '" .. name .. "' inside test '" .. current_test .. "'", 2)
   end
-  local started, skip = call(bridge.begin_test, name, where(2), opts.timeout, opts.allow_warnings == true,
+  local started, skip = call("test", bridge.begin_test, name, where(2), opts.timeout, opts.allow_warnings == true,
     opts.kconfig or {}, opts.leak_check)
   if not started then
     return -- deselected, or only listing
   end
   if skip then -- a VM of the file already runs a kernel without the options
-    call(bridge.end_test, {outcome = "skipped", message = skip})
+    call("test", bridge.end_test, {outcome = "skipped", message = skip})
     return
   end
   current_test = name
@@ -771,7 +774,7 @@ function test(name, opts, fn)
   elseif type(result) ~= "table" then
     result = unhandled(result)
   end
-  call(bridge.end_test, result)
+  call("test", bridge.end_test, result)
 end
 
 function print(...)
@@ -819,7 +822,7 @@ end
 -- directory, writes below the scratch directory (provium.path("@tmp")).
 local function host_path(fn, path, write)
   check(fn, 1, "path", path, "string")
-  return call(bridge.host_path, path, write)
+  return call(fn, bridge.host_path, path, write)
 end
 
 local function sandbox_open(path, mode)
