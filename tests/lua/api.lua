@@ -17,6 +17,21 @@ test("vm:json decodes stdout into tables with 1-based arrays", function()
   assert_contains(err, "oops")
 end)
 
+test("provium.errno: a guest op's error carries the guest's errno, other errors none", function()
+  local ok, err = pcall(vm.read_file, vm, "/no/such/file")
+  assert(not ok)
+  assert_eq("string", type(err))
+  assert_contains(err, "api.lua:")
+  assert_eq(2, provium.errno(err)) -- ENOENT
+  ok, err = pcall(vm.write_file, vm, "/", "x")
+  assert(not ok)
+  assert_eq(21, provium.errno(err)) -- EISDIR
+  ok, err = pcall(vm.read_file, vm, 42)
+  assert_contains(err, "vm:read_file: argument 1 (path) must be a string, got number")
+  assert_eq(nil, provium.errno(err))
+  assert_eq(nil, provium.errno("some other error"))
+end)
+
 test("vm:dmesg returns the kernel log, filtered with grep semantics", function()
   assert_contains(vm:dmesg(), "Linux version")
   local lines = vm:dmesg("^.*Linux version [0-9]")
