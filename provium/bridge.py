@@ -99,7 +99,7 @@ def job(value: object) -> int:
     """The id in the table vm:background returned."""
     job_id = value[b"id"] if lua_type(value) == "table" else None
     if not isinstance(job_id, int) or isinstance(job_id, bool):
-        raise ArgumentError("argument 1 (job) must be the table vm:background returned")
+        raise TypeError("the table vm:background returned")
     return job_id
 
 
@@ -206,8 +206,8 @@ class Bridge:
     """Builds the bridge table and guards every call into Python.
 
     targets(handle) -> the VM or worker behind a handle. timed_out(handle) -> the message for a deadline
-    that passed during an op on that handle (None for an op on no VM). Ops not in keep_when_listing answer
-    their inert values while the file is only listed.
+    that passed during an op on that handle (None for an op on no VM). While the file is only listed,
+    guest ops and the functions given an inert value answer it instead of running.
     """
 
     def __init__(self, runtime: lua.LuaRuntime, targets: Callable[[int], GuestOps],
@@ -239,38 +239,42 @@ class Bridge:
     def _guarded_guest(self, rows: dict[str, GuestOp]):
         def guest(name, handle, *args):
             op = rows[name.decode()]
-            self.current = describe_call(f"vm:{op.name}", args)
-            if self.interrupted():
-                raise Interrupted()
-            try:
-                if self.listing:
-                    return (True, *op.to_lua(self.values, op.inert))
-                converted = [param.convert(i, arg) for i, (param, arg) in
-                             enumerate(zip(op.params, args + (None,) * (len(op.params) - len(args))), 1)]
-                result = op.handler(self.targets(handle), *converted)
-                return (True, *op.to_lua(self.values, result))
-            except Exception as exc:  # noqa: BLE001 - every error becomes a Lua failure, typed
-                return self._failure(exc, handle)
+            return self._guard(f"vm:{op.name}", args, handle, lambda: self._run(op, handle, args))
         return guest
+
+    def _run(self, op: GuestOp, handle: int, args: tuple) -> tuple:
+        """A guest op's Lua values: its arguments checked, its handler called (its inert value when listing)."""
+        if self.listing:
+            return op.to_lua(self.values, op.inert)
+        converted = [param.convert(i, arg) for i, (param, arg) in
+                     enumerate(zip(op.params, args + (None,) * (len(op.params) - len(args))), 1)]
+        return op.to_lua(self.values, op.handler(self.targets(handle), *converted))
 
     def _guarded(self, name: str, fn: Callable, inert: tuple | None):
         on_vm = name.startswith("vm_")  # its first argument is a VM's handle
         label = f"vm:{name[3:]}" if on_vm else f"provium.{name}"
 
+        def values(*args) -> tuple:
+            result = fn(*args)
+            result = () if result is None else result if isinstance(result, tuple) else (result,)
+            return tuple(v.encode() if isinstance(v, str) else v for v in result)
+
         def guarded(*args):
-            if self.interrupted():
-                raise Interrupted()
-            if self.listing and inert is not None:
+            if self.listing and inert is not None and not self.interrupted():
                 return (True, *inert)
-            self.current = describe_call(label, args[1:] if on_vm else args)
-            try:
-                result = fn(*args)
-            except Exception as exc:  # noqa: BLE001
-                return self._failure(exc, args[0] if on_vm and args else None)
-            if not isinstance(result, tuple):
-                result = () if result is None else (result,)
-            return (True, *(v.encode() if isinstance(v, str) else v for v in result))
+            return self._guard(label, args[1:] if on_vm else args, args[0] if on_vm and args else None,
+                               lambda: values(*args))
         return guarded
+
+    def _guard(self, label: str, shown: tuple, handle: int | None, call: Callable[[], tuple]) -> tuple:
+        """(True, values...) of call(), or its failure: every bridge call goes through here."""
+        if self.interrupted():
+            raise Interrupted()
+        self.current = describe_call(label, shown)
+        try:
+            return (True, *call())
+        except Exception as exc:  # noqa: BLE001 - every error becomes a Lua failure, typed
+            return self._failure(exc, handle)
 
     def _failure(self, exc: Exception, handle: int | None) -> tuple:
         """(False, message, kind, errno, detail) for an exception raised by an op."""
