@@ -68,6 +68,9 @@ def build_parser():
                       "kernel provium fetches or builds)")
     kernel_build.add_argument("profiles", nargs="*", metavar="PROFILE")
     kernel_actions.add_parser("list", help="cached kernels: profiles, release, source, size")
+    commands.add_parser("profiles", help="the suite's profiles: where each is defined and what it boots",
+                        description="List the suite's profiles: where each is defined (built-in, provium.toml, "
+                                    "profiles/NAME.yaml) and what it resolves to.")
     return parser
 
 
@@ -226,6 +229,37 @@ def cmd_kernel(args):
     return EXIT_OK
 
 
+def cmd_profiles(args):
+    config = config_mod.load()
+    cache = Cache()
+    rows = [("PROFILE", "DEFINED IN", "KERNEL", "RELEASE", "MODULES", "MEMORY", "CPUS")]
+    errors = []
+    for name in config.profile_names():
+        path = config.origins[name].path if name in config.origins else None
+        defined = str(path.relative_to(config.root)) if path else "built-in"
+        try:
+            profile = config.profile(name)
+            images.check_modules(profile, cache)
+            release = kernels.known_release(profile, cache)
+        except ProviumError as exc:
+            errors.append(str(exc))
+            rows.append((name, defined, "-", "-", "-", "-", "-"))
+            continue
+        if release is None:
+            release = "(not built yet)" if profile.kernel_source else "(not fetched yet)"
+        modules = ",".join(profile.modules) or "-"
+        if profile.available_modules:
+            modules += f" (available: {','.join(profile.available_modules)})"
+        memory = f"{profile.memory_mib // 1024}G" if profile.memory_mib % 1024 == 0 else f"{profile.memory_mib}M"
+        rows.append((name, defined, kernels.origin(profile), release, modules, memory, str(profile.cpus)))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    for error in errors:
+        _notice(error)
+    return EXIT_USAGE if errors else EXIT_OK
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
@@ -233,6 +267,8 @@ def main(argv=None):
             return cmd_fixtures(args)
         if args.command == "kernel":
             return cmd_kernel(args)
+        if args.command == "profiles":
+            return cmd_profiles(args)
         return cmd_run(args)
     except ConfigError as exc:
         print(f"provium: {exc}", file=sys.stderr)

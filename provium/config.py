@@ -1,9 +1,10 @@
 """Suite root discovery, provium.toml parsing and profile validation.
 
 A profile names the kernel and the guest's shape. The built-in profile
-`minimal` needs no file at all; provium.toml may override it and add more.
-Every error here is a ConfigError with a one-line message naming the file,
-the profile and the key.
+`minimal` needs no file at all; a [profiles.NAME] table in provium.toml or a
+file profiles/NAME.yaml (provium/profile_files.py) may override it and add
+more. Every error here is a ConfigError with a one-line message naming the
+file (and line, where it is known), the profile and the key.
 """
 
 import dataclasses
@@ -19,7 +20,9 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
+from . import profile_files
 from .errors import ConfigError
+from .profile_files import ProfileOrigin
 
 CONFIG_NAME = "provium.toml"
 BUILTIN_PROFILE = "minimal"
@@ -74,7 +77,7 @@ class Profile:
     cpus: int
     modules: tuple = ()
     available_modules: tuple = ()
-    source: str = "built-in"
+    origin: ProfileOrigin = ProfileOrigin()
     build: str | None = None
     qemu_args: tuple = ()
     allow_warnings: bool = False  # kernel WARNING splats do not fail tests on this profile
@@ -84,6 +87,10 @@ class Profile:
     debug_symbols: bool = False        # with kernel_package: fetch its debug-symbol package too
     leak_check: bool = False           # kmemleak checks each test for leaks (on kernels that have it)
     root: Path | None = None           # the suite root
+
+    def where(self, key: str | None = None) -> str:
+        """How an error about this profile (and its `key`) begins: its file, line, name and key."""
+        return self.origin.where(self.name, key)
 
     @property
     def kernel_at_hand(self) -> bool:
@@ -118,10 +125,17 @@ class Config:
 
     root: Path
     path: Path | None
-    raw_profiles: dict = field(default_factory=dict)
+    raw_profiles: dict[str, dict] = field(default_factory=dict)         # name -> its keys as written
+    origins: dict[str, ProfileOrigin] = field(default_factory=dict)     # name -> where it is defined
     fixture_cache_limit: str = DEFAULT_FIXTURE_CACHE_LIMIT
     run: RunSettings = field(default_factory=RunSettings)
     matrix: dict = field(default_factory=dict)  # [matrix] NAME = [PROFILE, ...]: the default --matrix
+
+    @property
+    def files(self) -> list[Path]:
+        """The files that define the suite: provium.toml and the profile files."""
+        return sorted({*([self.path] if self.path else []),
+                       *(origin.path for origin in self.origins.values() if origin.path)})
 
     def profile_names(self):
         return sorted({BUILTIN_PROFILE, *self.raw_profiles})
@@ -153,11 +167,26 @@ def suite_root_of(test_file, default_root):
 
 
 def load(start=None):
-    """The configuration of the suite that contains `start` (default: cwd)."""
+    """The configuration of the suite that contains `start` (default: cwd): provium.toml, if there is
+    one, and the profile files under profiles/."""
     root = find_root(start)
     path = root / CONFIG_NAME
-    if not path.is_file():
-        return Config(root=root, path=None)
+    config = _from_toml(root, path) if path.is_file() else Config(root=root, path=None)
+    for file in profile_files.files(root):
+        name = file.stem
+        table, origin = profile_files.read(file)
+        if name in config.origins:
+            first = config.origins[name].path
+            defined = f"{first} [profiles.{name}]" if first == config.path else str(first)
+            raise ConfigError(f"profile {name!r} is defined twice: in {defined} and in {file}")
+        config.raw_profiles[name] = table
+        config.origins[name] = origin
+    for name, table in config.raw_profiles.items():
+        _check_keys(name, table, config)
+    return config
+
+
+def _from_toml(root, path):
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -183,6 +212,9 @@ def load(start=None):
     profiles = data.get("profiles", {})
     if not isinstance(profiles, dict):
         raise ConfigError(f"{path}: 'profiles' must be a table of [profiles.NAME] tables")
+    for name, table in profiles.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: profile {name!r} must be a table")
     fixtures = data.get("fixtures", {})
     if not isinstance(fixtures, dict) or set(fixtures) - {"cache_limit"}:
         raise ConfigError(f"{path}: [fixtures] takes one key, cache_limit (a size like \"8G\")")
@@ -191,18 +223,16 @@ def load(start=None):
         parse_memory(limit, "cache_limit")
     except ConfigError as exc:
         raise ConfigError(f"{path}: [fixtures]: {exc}") from None
-    config = Config(root=root, path=path, raw_profiles=profiles, fixture_cache_limit=limit,
-                    run=RunSettings(**{k: float(v) for k, v in run.items()}), matrix=matrix)
-    for name, table in profiles.items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: profile {name!r} must be a table")
-        _check_keys(name, table, config)
-    return config
+    return Config(root=root, path=path, raw_profiles=profiles, origins={name: ProfileOrigin(path) for name in profiles},
+                  fixture_cache_limit=limit, run=RunSettings(**{k: float(v) for k, v in run.items()}), matrix=matrix)
 
 
 def _where(config, name, key=None):
-    origin = str(config.path) if config.path and name in config.raw_profiles else "built-in"
-    return f"{origin}: profile {name!r}" + (f": key {key!r}" if key else "")
+    return config.origins.get(name, ProfileOrigin()).where(name, key)
+
+
+_KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+          dict: "a table", type(None): "null"}
 
 
 def _check_keys(name, table, config):
@@ -212,8 +242,8 @@ def _check_keys(name, table, config):
             allowed = ", ".join(sorted(_PROFILE_KEYS))
             raise ConfigError(f"{_where(config, name, key)}: unknown key (allowed: {allowed})")
         if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-            kind = {list: "a list", int: "an integer", bool: "true or false"}.get(expected, "a string")
-            raise ConfigError(f"{_where(config, name, key)}: must be {kind}, not {type(value).__name__}")
+            raise ConfigError(f"{_where(config, name, key)}: must be {_KINDS[expected]}, "
+                              f"not {_KINDS.get(type(value), type(value).__name__)}")
     for key in ("modules", "available_modules"):
         if not all(isinstance(module, str) and module for module in table.get(key, [])):
             raise ConfigError(f"{_where(config, name, key)}: entries must be module names")
@@ -342,7 +372,7 @@ def _build_profile(name, table, config):
         cmdline=table.get("cmdline", ""), memory_mib=memory, cpus=cpus,
         modules=tuple(table.get("modules", ())),
         available_modules=tuple(table.get("available_modules", ())),
-        source=str(config.path) if name in config.raw_profiles else "built-in",
+        origin=config.origins.get(name, ProfileOrigin()),
         build=table.get("build"),
         qemu_args=tuple(table.get("qemu_args", ())),
         allow_warnings=table.get("allow_warnings", False),

@@ -65,7 +65,7 @@ def _resolve(tree, profile, key):
     try:
         return tree.load_order(getattr(profile, key))
     except ImageError as exc:
-        raise ConfigError(f"{profile.source}: profile {profile.name!r}: key {key!r}: {exc}") from None
+        raise ConfigError(f"{profile.where(key)}: {exc}") from None
 
 
 def _modules(profile, directory):
@@ -73,7 +73,7 @@ def _modules(profile, directory):
     if not directory.is_dir():
         for key in ("modules", "available_modules"):
             if getattr(profile, key):
-                raise ConfigError(f"{profile.source}: profile {profile.name!r}: key {key!r}: "
+                raise ConfigError(f"{profile.where(key)}: "
                                   f"{directory} does not exist (set modules_dir)")
         return None, [], []
     tree = _tree(directory)

@@ -65,6 +65,14 @@ def origin(profile: Profile) -> str:
     return f"{ARCHIVE}{profile.kernel_package}" if profile.kernel_package else str(profile.kernel)
 
 
+def known_release(profile: Profile, cache: Cache) -> str | None:
+    """The release the profile boots when it is known without fetching or building: its kernel file's,
+    or the cached kernel's; None before the first fetch or build."""
+    if profile.kernel_at_hand:
+        return kernel.image_release(profile.kernel)
+    return next((record["release"] for record in cached(cache) if record["source"] == origin(profile)), None)
+
+
 def _remember(cache, source, tree, seconds):
     """Note a fetched or built kernel in the cache's index, for `provium kernel list`, with the time
     its fetch or build took (kept from the first time this image was seen)."""

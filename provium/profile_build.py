@@ -74,7 +74,7 @@ class Preparer:
                     if isinstance(done, Prepared)}
 
     def _prepare(self, profile):
-        where = f"{profile.source}: profile {profile.name!r}"
+        where = profile.where()
         try:
             tree = kernels.resolve(profile, self.cache, self.report)
         except ConfigError:

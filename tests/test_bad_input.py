@@ -20,8 +20,8 @@ from provium.vm import Vm
 @pytest.mark.parametrize("toml, message", [
     ("[profiles.x\n", "provium.toml: syntax error: Expected ']' at the end of a table declaration (at line 1, column 12)"),
     ("[profiles.x]\nkernal = \"k\"\n", "provium.toml: profile 'x': key 'kernal': unknown key (allowed: allow_warnings, available_modules, build, cmdline, cpus, debug_symbols, initrd, kconfig, kernel, kernel_source, leak_check, memory, modules, modules_dir, qemu_args)"),
-    ("[profiles.x]\ncpus = \"two\"\n", "provium.toml: profile 'x': key 'cpus': must be an integer, not str"),
-    ("[profiles.x]\nmemory = 512\n", "provium.toml: profile 'x': key 'memory': must be a string, not int"),
+    ("[profiles.x]\ncpus = \"two\"\n", "provium.toml: profile 'x': key 'cpus': must be an integer, not a string"),
+    ("[profiles.x]\nmemory = 512\n", "provium.toml: profile 'x': key 'memory': must be a string, not an integer"),
     ("[profiles.x]\nkernel = \"missing/bzImage\"\n", "provium.toml: profile 'x': key 'kernel': file not found: {root}/missing/bzImage"),
     ("[profiles.x]\ninitrd = \"missing.cpio\"\n", "provium.toml: profile 'x': key 'initrd': file not found: {root}/missing.cpio"),
     ("[profile.x]\n", "provium.toml: unknown top-level key 'profile' (allowed: fixtures, matrix, profiles, run)"),

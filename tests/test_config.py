@@ -53,7 +53,7 @@ def test_unknown_key_names_file_profile_and_key(tmp_path):
 
 
 def test_wrong_type_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="profile 'x': key 'cpus': must be an integer, not str"):
+    with pytest.raises(ConfigError, match="profile 'x': key 'cpus': must be an integer, not a string"):
         write(tmp_path, '[profiles.x]\ncpus = "2"\n')
 
 
@@ -101,7 +101,7 @@ def test_available_modules_are_a_list_of_names(tmp_path, kernel):
 
 
 @pytest.mark.parametrize("text, message", [
-    ('available_modules = "videodev"', "key 'available_modules': must be a list, not str"),
+    ('available_modules = "videodev"', "key 'available_modules': must be a list, not a string"),
     ('available_modules = ["videodev", 3]', "key 'available_modules': entries must be module names"),
     ('modules = [""]', "key 'modules': entries must be module names"),
     ('modules = ["*"]', "key 'modules': \"\\*\" \\(the whole tree\\) is for available_modules"),
@@ -138,5 +138,5 @@ def test_debug_symbols_without_an_apt_kernel_is_a_one_line_error(tmp_path, table
 
 
 def test_debug_symbols_takes_true_or_false(tmp_path):
-    with pytest.raises(ConfigError, match="profile 'x': key 'debug_symbols': must be true or false, not str"):
+    with pytest.raises(ConfigError, match="profile 'x': key 'debug_symbols': must be true or false, not a string"):
         write(tmp_path, '[profiles.x]\nkernel = "apt:linux-image-amd64"\ndebug_symbols = "yes"\n')

@@ -136,7 +136,13 @@ def test_rebuilt_when_source_or_profile_changes_and_only_then(suite):
     assert len(after_source - first) == 1, "a changed source rebuilds"
     suite.write("provium.toml", '[profiles.minimal]\ncmdline = "loglevel=4"\n')
     assert suite.run("run", "t.lua").returncode == 0
-    assert len(entries("rebuild") - after_source) == 1, "a changed profile rebuilds"
+    after_toml = entries("rebuild")
+    assert len(after_toml - after_source) == 1, "a changed profile rebuilds"
+    suite.write("profiles/big.yaml", "memory: 1G\n")
+    assert suite.run("run", "t.lua").returncode == 0
+    suite.write("profiles/big.yaml", "memory: 2G\n")
+    assert suite.run("run", "t.lua").returncode == 0
+    assert len(entries("rebuild") - after_toml) == 2, "a new or changed profile file rebuilds"
 
 
 def test_a_corrupt_entry_is_rebuilt(suite):
