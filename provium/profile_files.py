@@ -8,10 +8,12 @@ here; the keys are checked with provium.toml's in provium/config.py.
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import yaml
 
 DIRECTORY = "profiles"
 SUFFIXES = (".yaml", ".yml")
@@ -44,6 +46,7 @@ def files(root: Path) -> list[Path]:
 def read(path: Path) -> tuple[dict, ProfileOrigin]:
     """The keys of one profile file and where each is; ConfigError naming the file and line if it is
     not YAML or not a mapping of keys. An empty file is a profile with every default."""
+    import yaml  # 30 ms: only suites with profile files pay for it
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -75,12 +78,12 @@ def read(path: Path) -> tuple[dict, ProfileOrigin]:
     return table, ProfileOrigin(path, tuple(lines.items()))
 
 
-def _key_lines(path: Path, node: yaml.MappingNode) -> dict[str, int]:
+def _key_lines(path: Path, node: "yaml.MappingNode") -> dict[str, int]:
     """The line of each plain key of the file's mapping; ConfigError when one is given twice (YAML keeps
     the last silently, which hides a typo's twin)."""
     lines: dict[str, int] = {}
     for key_node, _ in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+        if key_node.id != "scalar" or key_node.tag != "tag:yaml.org,2002:str":
             continue  # a merge key (<<) or a key that is not a name: checked as an unknown key
         line = key_node.start_mark.line + 1
         if key_node.value in lines:

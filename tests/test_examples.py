@@ -15,7 +15,8 @@ def count_tests(root):
 
 
 def test_every_example_passes_from_the_repository_root(suite):
-    """`provium run examples/` runs three suites, each with its own provium.toml (or none)."""
+    """`provium run examples/` runs three suites: examples/kmod and examples/security with their own
+    provium.toml, and examples/hello.lua in the repository's."""
     result = suite.run("run", "examples/", cwd=REPO, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == f"{count_tests(EXAMPLES)} passed, 0 failed, 0 skipped"
@@ -56,16 +57,17 @@ def test_the_security_suite_runs_on_the_stock_an_archive_and_a_built_kernel(suit
     assert suite.qemu_pids() == []
 
 
-def test_the_lua_suite_passes_on_the_built_minimal_kernel(suite):
-    """tests/lua boots the built-in profile "minimal": a matrix maps it to the built kernel."""
-    (suite.root / "provium.toml").write_text('[profiles.tiny]\nkernel_source = "apt:linux-source-6.12"\n'
-                                             'kconfig = ["minimal"]\n')
-    shutil.copytree(REPO / "tests" / "lua", suite.root / "lua")
-    result = suite.run("run", "--matrix", "minimal=tiny", "lua/", timeout=1800)
-    files = sorted((suite.root / "lua").glob("*.lua"))
-    expected = sum(len(re.findall(r"^test\(", p.read_text(), re.M)) for p in files)
+def test_the_lua_suite_passes_on_the_built_minimal_kernel_and_debian_6_12(suite):
+    """The repository's own suite on two more kernels, with its own profiles (profiles/tiny.yaml,
+    profiles/debian-6.12.yaml) standing in for the built-in "minimal" its tests boot."""
+    files = sorted((REPO / "tests").glob("*.lua"))
+    result = suite.run("run", "--matrix", "minimal=tiny,debian-6.12", *(str(p.relative_to(REPO)) for p in files),
+                       cwd=REPO, timeout=1800)
+    expected = 2 * sum(len(re.findall(r"^test\(", p.read_text(), re.M)) for p in files)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == f"{expected} passed, 0 failed, 0 skipped"
+    for cell in ("tiny", "debian-6.12"):
+        assert re.search(rf"^tests/api\.lua\[{re.escape(cell)}\]$", result.stdout, re.M), result.stdout
     assert suite.qemu_pids() == []
 
 
