@@ -128,9 +128,9 @@ def cmd_run(args):
     suites = {config.root: config for config in configs.values()}.values()
     for config in suites:
         for name in config.raw_profiles:
-            # every error in provium.toml surfaces now, before anything runs (module names too,
-            # for a kernel at hand: its release is in its image header)
-            images.check_modules(config.profile(name), Cache())
+            # every error in provium.toml and profiles/ surfaces now, before anything runs (a kernel
+            # at hand and its module names too: its release is in its image header)
+            images.check(config.profile(name), Cache())
     accel, notice = accelerator()
     opened = []
     reporter = ListReporter() if args.list else _reporters(args, opened)
@@ -239,7 +239,7 @@ def cmd_profiles(args):
         defined = str(path.relative_to(config.root)) if path else "built-in"
         try:
             profile = config.profile(name)
-            images.check_modules(profile, cache)
+            images.check(profile, cache)
             release = kernels.known_release(profile, cache)
         except ProviumError as exc:
             errors.append(str(exc))

@@ -59,6 +59,8 @@ def parse_memory(value, what="memory"):
     number, unit = int(match.group(1)), match.group(2).upper()
     mib = {"K": number / 1024, "": number / (1024 * 1024), "M": number,
            "G": number * 1024, "T": number * 1024 * 1024}[unit]
+    if not unit and number >= 64:
+        raise ConfigError(f"{what} {value!r} is {number} bytes: give a unit (\"{number}M\" for MiB)")
     if mib < 64 or mib != int(mib):
         raise ConfigError(f"{what} {value!r} must be a whole number of MiB, at least 64M")
     return int(mib)
@@ -232,7 +234,7 @@ def _where(config, name, key=None):
 
 
 _KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
-          dict: "a table", type(None): "null"}
+          dict: "a mapping", type(None): "null"}
 
 
 def _check_keys(name, table, config):
@@ -245,8 +247,9 @@ def _check_keys(name, table, config):
             raise ConfigError(f"{_where(config, name, key)}: must be {_KINDS[expected]}, "
                               f"not {_KINDS.get(type(value), type(value).__name__)}")
     for key in ("modules", "available_modules"):
-        if not all(isinstance(module, str) and module for module in table.get(key, [])):
-            raise ConfigError(f"{_where(config, name, key)}: entries must be module names")
+        for number, module in enumerate(table.get(key, []), 1):
+            if not isinstance(module, str) or not module:
+                raise ConfigError(f"{_where(config, name, key)}: entry {number} ({module!r}) is not a module name")
     if "*" in table.get("modules", []):
         raise ConfigError(f"{_where(config, name, 'modules')}: \"*\" (the whole tree) is for available_modules")
     if not all(isinstance(arg, str) for arg in table.get("qemu_args", [])):

@@ -82,14 +82,23 @@ def _modules(profile, directory):
     return tree, boot, [rel for rel in _resolve(tree, profile, "available_modules") if rel not in loaded]
 
 
-def check_modules(profile: Profile, cache: Cache) -> None:
-    """Raise ConfigError when a name in the profile's modules or available_modules is not in its tree.
+def check(profile: Profile, cache: Cache) -> None:
+    """Raise ConfigError when a kernel at hand is not a kernel, or a module name of the profile is not in
+    its tree: cheap (the release is in the image's header), so every such profile is checked before a
+    run starts. A kernel provium fetches or builds is checked when it is prepared, on first use."""
+    if not profile.kernel_at_hand:
+        return
+    try:
+        tree = kernels.resolve(profile, cache)
+    except ImageError as exc:
+        raise ConfigError(f"{profile.where('kernel')}: {exc}") from None
+    check_modules(profile, tree.modules_dir)
 
-    Only for a kernel at hand (the release comes from its image header): a kernel provium fetches
-    or builds is checked when it is prepared, on first use.
-    """
-    if profile.kernel_at_hand and (profile.modules or profile.available_modules):
-        _modules(profile, kernels.resolve(profile, cache).modules_dir)
+
+def check_modules(profile: Profile, modules_dir: Path) -> None:
+    """Raise ConfigError when a name in the profile's modules or available_modules is not in the tree."""
+    if profile.modules or profile.available_modules:
+        _modules(profile, modules_dir)
 
 
 @functools.lru_cache(maxsize=None)

@@ -82,7 +82,7 @@ class Preparer:
         except ProviumError as exc:
             raise ConfigError(f"{where}: kernel: {exc}") from None
         if not profile.kernel_at_hand:  # module names could not be checked before the kernel was here
-            images.check_modules(profile, self.cache)
+            images.check_modules(profile, tree.modules_dir)
         build_dir = self.cache.root / "builds" / digest(str(profile.root), profile.name, tree.release, str(tree.image))
         build_dir.mkdir(parents=True, exist_ok=True)
         if profile.build:

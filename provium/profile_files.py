@@ -39,8 +39,14 @@ def files(root: Path) -> list[Path]:
     directory = root / DIRECTORY
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir()
-                  if p.suffix in SUFFIXES and not p.name.startswith(".") and p.is_file())
+    try:
+        found = sorted(p for p in directory.iterdir() if p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
+    except OSError as exc:
+        raise ConfigError(f"{directory}: cannot read: {exc.strerror}") from None
+    for path in found:
+        if not path.is_file():
+            raise ConfigError(f"{path}: not a profile file (a directory, or a link to nothing)")
+    return found
 
 
 def read(path: Path) -> tuple[dict, ProfileOrigin]:
@@ -61,24 +67,26 @@ def read(path: Path) -> tuple[dict, ProfileOrigin]:
         raise ConfigError(f"{path}:{_line(text, exc.position)}: {exc.reason} (U+{exc.character:04X})") from None
     try:
         node = loader.get_single_node()
-        if node is None:
+        if node is None or node.tag == "tag:yaml.org,2002:null":  # nothing, or "---" alone: every default
             return {}, ProfileOrigin(path)
         if not isinstance(node, yaml.MappingNode):
             raise ConfigError(f"{path}:{node.start_mark.line + 1}: a profile file holds the profile's keys "
                               f"(\"memory: 1G\" on its own line, ...), not a {node.id}")
-        lines = _key_lines(path, node)
+        lines = _key_lines(path, node, path.stem)
         table = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        context = f" {exc.context}" if exc.context else ""
-        raise ConfigError(f"{path}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: "
-                          f"{exc.problem}{context}") from None
+        # PyYAML says what it was doing (context: "while parsing a flow sequence", "expected a single
+        # document") and what it found (problem: "expected ',' or ']', but got ...", "but found another")
+        what = f"{exc.context}{', ' if exc.problem.startswith('but ') else ': '}{exc.problem}" \
+            if exc.context else exc.problem
+        raise ConfigError(f"{path}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {what}") from None
     finally:
         loader.dispose()
     return table, ProfileOrigin(path, tuple(lines.items()))
 
 
-def _key_lines(path: Path, node: "yaml.MappingNode") -> dict[str, int]:
+def _key_lines(path: Path, node: "yaml.MappingNode", name: str) -> dict[str, int]:
     """The line of each plain key of the file's mapping; ConfigError when one is given twice (YAML keeps
     the last silently, which hides a typo's twin)."""
     lines: dict[str, int] = {}
@@ -87,8 +95,8 @@ def _key_lines(path: Path, node: "yaml.MappingNode") -> dict[str, int]:
             continue  # a merge key (<<) or a key that is not a name: checked as an unknown key
         line = key_node.start_mark.line + 1
         if key_node.value in lines:
-            raise ConfigError(f"{path}:{line}: key {key_node.value!r} is given twice (first on line "
-                              f"{lines[key_node.value]})")
+            raise ConfigError(f"{path}:{line}: profile {name!r}: key {key_node.value!r}: given twice (first on "
+                              f"line {lines[key_node.value]})")
         lines[key_node.value] = line
     return lines
 

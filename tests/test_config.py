@@ -102,8 +102,8 @@ def test_available_modules_are_a_list_of_names(tmp_path, kernel):
 
 @pytest.mark.parametrize("text, message", [
     ('available_modules = "videodev"', "key 'available_modules': must be a list, not a string"),
-    ('available_modules = ["videodev", 3]', "key 'available_modules': entries must be module names"),
-    ('modules = [""]', "key 'modules': entries must be module names"),
+    ('available_modules = ["videodev", 3]', "key 'available_modules': entry 2 \\(3\\) is not a module name"),
+    ('modules = [""]', "key 'modules': entry 1 \\(''\\) is not a module name"),
     ('modules = ["*"]', "key 'modules': \"\\*\" \\(the whole tree\\) is for available_modules"),
 ])
 def test_bad_module_lists_are_named(tmp_path, text, message):

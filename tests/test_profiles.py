@@ -64,7 +64,7 @@ ALLOWED = ("allow_warnings, available_modules, build, cmdline, cpus, debug_symbo
     ({"profiles/x.yaml": "memory: 1G\n  cpus: 2\n"},
      "profiles/x.yaml:2:7: YAML syntax error: mapping values are not allowed here"),
     ({"profiles/x.yaml": "modules: [dummy\n"},
-     "profiles/x.yaml:2:1: YAML syntax error: expected ',' or ']', but got '<stream end>' while parsing a flow sequence"),
+     "profiles/x.yaml:2:1: YAML syntax error: while parsing a flow sequence: expected ',' or ']', but got '<stream end>'"),
     ({"profiles/x.yaml": "memory: 1G\nmemroy: 2G\n"},
      f"profiles/x.yaml:2: profile 'x': key 'memroy': unknown key (allowed: {ALLOWED})"),
     ({"profiles/x.yaml": "memory: 1G\ncpus: two\n"},
@@ -78,7 +78,16 @@ ALLOWED = ("allow_warnings, available_modules, build, cmdline, cpus, debug_symbo
     ({"profiles/x.yaml": "memory: lots\n"},
      "profiles/x.yaml:1: profile 'x': key 'memory': memory 'lots' is not a size like \"512M\" or \"1G\""),
     ({"profiles/x.yaml": "memory: 1G\ncpus: 2\nmemory: 2G\n"},
-     "profiles/x.yaml:3: key 'memory' is given twice (first on line 1)"),
+     "profiles/x.yaml:3: profile 'x': key 'memory': given twice (first on line 1)"),
+    ({"profiles/x.yaml": "memory: 1G\n---\ncpus: 2\n"},
+     "profiles/x.yaml:2:1: YAML syntax error: expected a single document in the stream, but found another document"),
+    ({"profiles/x.yaml": "memory: '512'\n"},
+     "profiles/x.yaml:1: profile 'x': key 'memory': memory '512' is 512 bytes: give a unit (\"512M\" for MiB)"),
+    ({"profiles/x.yaml": "kernel: /etc/hostname\n"},
+     "profiles/x.yaml:1: profile 'x': key 'kernel': /etc/hostname: no compressed ELF kernel (xz, zstd, gzip or lz4) "
+     "found in the kernel image"),
+    ({"profiles/x.yaml/keys": "memory: 1G\n"},
+     "profiles/x.yaml: not a profile file (a directory, or a link to nothing)"),
     ({"profiles/x.yaml": "- memory: 1G\n"},
      "profiles/x.yaml:1: a profile file holds the profile's keys (\"memory: 1G\" on its own line, ...), not a sequence"),
     ({"profiles/x.yaml": b"cmdline: \"caf\xe9\"\n"},
@@ -91,7 +100,7 @@ ALLOWED = ("allow_warnings, available_modules, build, cmdline, cpus, debug_symbo
 def test_a_malformed_profile_file_is_one_line_naming_file_line_and_key_with_exit_2(suite, files, message):
     for name, content in files.items():
         path = suite.root / name
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
     suite.write("t.lua", 'test("x", function() error("must not run") end)\n')
     message = message.format(root=suite.root)
@@ -100,6 +109,13 @@ def test_a_malformed_profile_file_is_one_line_naming_file_line_and_key_with_exit
     assert (result.returncode, result.stdout, result.stderr) == (2, "", expected)
     listed = suite.run("profiles")  # lists the profiles it can, when the files themselves are sound
     assert (listed.returncode, listed.stderr) == (2, expected)
+
+
+@pytest.mark.parametrize("text", ["", "# every default\n", "---\n", "---\n# every default\n", "~\n", "{}\n"])
+def test_an_empty_profile_file_is_a_profile_with_every_default(tmp_path, text):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "plain.yaml").write_text(text)
+    assert config.load(tmp_path).profile("plain").memory_mib == config.load(tmp_path).profile("minimal").memory_mib
 
 
 def test_provium_profiles_lists_where_each_is_defined_and_what_it_boots(suite):
