@@ -9,11 +9,10 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from . import __version__, config as config_mod, images, kernels, qemu, runner
+from . import __version__, config as config_mod, images, kernels, qemu, runner, tempdirs
 from .cache import Cache
 from .errors import ConfigError, ProviumError
 from .fixtures import FixtureError, Fixtures
@@ -169,9 +168,9 @@ def cmd_run(args):
 
 def cmd_fixtures(args):
     config = config_mod.load()
-    scratch = tempfile.mkdtemp(prefix="provium-run-")
+    scratch = tempdirs.make("run")
     fixtures = Fixtures(config, Cache(), build_fixture, FileOptions.for_run(
-        config.run, scratch=Path(scratch), preparer=Preparer(Cache(), _notice)))
+        config.run, scratch=scratch, preparer=Preparer(Cache(), _notice)))
     try:
         return _fixtures_action(args, config, fixtures)
     finally:

@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import agent_build, images, qemu
+from . import agent_build, images, qemu, tempdirs
 from .cache import digest, locked
 from .config import parse_memory
 from .errors import BootError, ProviumError, QemuError
@@ -329,8 +329,8 @@ class Fixtures:
     def _sweep(self):
         """Remove build directories of provium processes that are gone (killed mid-build)."""
         for build in self.root.glob("*/.build-*"):
-            pid = int(build.name.split("-")[1]) if build.name.split("-")[1].isdigit() else 0
-            if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+            pid = build.name.split("-")[1]
+            if pid.isdigit() and tempdirs.process_gone(int(pid)):
                 shutil.rmtree(build, ignore_errors=True)
 
     # ---------------------------------------------------------------- clones

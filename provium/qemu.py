@@ -23,7 +23,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from . import tempdirs
 from .errors import ConfigError, QemuError
 
 if TYPE_CHECKING:
@@ -442,10 +442,10 @@ _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; the longest name here is "co
 
 def make_workdir() -> Path:
     """A private directory for one QEMU's sockets and logs; under /tmp when TMPDIR is too deep for sockets."""
-    workdir = Path(tempfile.mkdtemp(prefix="provium-"))
+    workdir = tempdirs.make()
     if len(str(workdir / "console")) > _SOCKET_PATH_MAX:
         workdir.rmdir()
-        workdir = Path(tempfile.mkdtemp(prefix="provium-", dir="/tmp"))
+        workdir = tempdirs.make(base="/tmp")
     return workdir
 
 

@@ -11,14 +11,13 @@ import glob
 import hashlib
 import os
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import config as config_mod
+from . import config as config_mod, tempdirs
 from .errors import ConfigError
 from .fixtures import Fixtures
 from .host_files import display_name
@@ -209,7 +208,7 @@ def run(runs, configs, cache, reporter, options_for=lambda config: FileOptions.f
     Fixtures are per suite and matrix cell: a fixture is built for each kernel it runs on.
     """
     started = time.monotonic()
-    scratch = Path(tempfile.mkdtemp(prefix="provium-run-"))
+    scratch = tempdirs.make("run")
     cells = _cells(runs, configs, cache, options_for, scratch)
     files = _FileRuns(runs, configs, cache, reporter, cells, fail_fast, interrupted)
     try:

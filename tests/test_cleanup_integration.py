@@ -1,4 +1,4 @@
-"""No QEMU process outlives provium: normal end, Ctrl-C, SIGTERM, SIGKILL."""
+"""No QEMU process or temporary directory outlives provium: normal end, Ctrl-C, SIGTERM, SIGKILL."""
 
 import signal
 import time
@@ -39,3 +39,11 @@ def test_no_qemu_survives_provium(suite, signum, status):
     finally:
         proc.kill()
         proc.wait()
+    left = sorted(p.name for p in suite.tmp.iterdir())
+    if signum == signal.SIGKILL:  # nothing could clean up: the sockets and the run's scratch are there...
+        assert any(name.startswith(f"provium-run-{proc.pid}-") for name in left), left
+        assert any(name.startswith(f"provium-{proc.pid}-") for name in left), left
+        suite.write("quick.lua", 'test("x", function() end)\n')
+        assert suite.run("run", "quick.lua").returncode == 0
+        left = sorted(p.name for p in suite.tmp.iterdir())  # ...until the next provium makes a directory
+    assert left == [], left
