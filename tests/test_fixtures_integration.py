@@ -14,13 +14,17 @@ from provium.config import newest_host_kernel
 
 
 @pytest.fixture(autouse=True)
-def remove_new_entries():
-    """Each test's fixtures are unique to it: drop the cache entries it made (~100 MB each)."""
+def remove_new_entries(tmp_path):
+    """Each test's fixtures are unique to it: drop the cache entries it made (~100 MB each), and only
+    those: the entries of the fixtures its suite defines, never a build in progress (another provium
+    process may share the cache)."""
     root = default_root() / "fixtures"
     before = set(root.glob("*/*"))
     yield
+    names = {path.stem for path in tmp_path.rglob("fixtures/*.lua")}
     for path in set(root.glob("*/*")) - before:
-        shutil.rmtree(path, ignore_errors=True)
+        if path.parent.name in names and not path.name.startswith(".build-"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def unique(text):
