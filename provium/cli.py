@@ -18,6 +18,7 @@ from .errors import ConfigError, ProviumError
 from .fixtures import FixtureError, Fixtures
 from .lua_runtime import FileOptions, build_fixture
 from .profile_build import Preparer
+from .profile_files import ProfileOrigin
 from .report import (JsonEventsReport, JUnitReport, KtapReport, ListReporter, LiveTerminalReporter, Reporters,
                      TerminalReporter)
 from .vm import accelerator
@@ -234,7 +235,7 @@ def cmd_profiles(args):
     rows = [("PROFILE", "DEFINED IN", "KERNEL", "RELEASE", "MODULES", "MEMORY", "CPUS")]
     errors = []
     for name in config.profile_names():
-        path = config.origins[name].path if name in config.origins else None
+        path = config.origins.get(name, ProfileOrigin()).path
         defined = str(path.relative_to(config.root)) if path else "built-in"
         try:
             profile = config.profile(name)

@@ -170,7 +170,8 @@ class Fixtures:
     def key(self, name):
         """The key of the fixture's current source and environment (with every file that defines the suite's
         profiles: provium.toml and profiles/*.yaml)."""
-        definitions = [part for path in self.config.files for part in (path.relative_to(self.config.root).as_posix(), path)]
+        definitions = [part for path in self.config.files
+                       for part in (path.relative_to(self.config.root).as_posix(), path)]
         return digest(_FORMAT, self.source(name), *definitions, self._environment, self.options.aliases)
 
     @functools.cached_property

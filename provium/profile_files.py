@@ -72,7 +72,7 @@ def read(path: Path) -> tuple[dict, ProfileOrigin]:
         if not isinstance(node, yaml.MappingNode):
             raise ConfigError(f"{path}:{node.start_mark.line + 1}: a profile file holds the profile's keys "
                               f"(\"memory: 1G\" on its own line, ...), not a {node.id}")
-        lines = _key_lines(path, node, path.stem)
+        lines = _key_lines(path, node)
         table = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -86,7 +86,7 @@ def read(path: Path) -> tuple[dict, ProfileOrigin]:
     return table, ProfileOrigin(path, tuple(lines.items()))
 
 
-def _key_lines(path: Path, node: "yaml.MappingNode", name: str) -> dict[str, int]:
+def _key_lines(path: Path, node: "yaml.MappingNode") -> dict[str, int]:
     """The line of each plain key of the file's mapping; ConfigError when one is given twice (YAML keeps
     the last silently, which hides a typo's twin)."""
     lines: dict[str, int] = {}
@@ -95,7 +95,7 @@ def _key_lines(path: Path, node: "yaml.MappingNode", name: str) -> dict[str, int
             continue  # a merge key (<<) or a key that is not a name: checked as an unknown key
         line = key_node.start_mark.line + 1
         if key_node.value in lines:
-            raise ConfigError(f"{path}:{line}: profile {name!r}: key {key_node.value!r}: given twice (first on "
+            raise ConfigError(f"{path}:{line}: profile {path.stem!r}: key {key_node.value!r}: given twice (first on "
                               f"line {lines[key_node.value]})")
         lines[key_node.value] = line
     return lines
