@@ -36,5 +36,11 @@ def process_gone(pid: int) -> bool:
 def _sweep(base: Path) -> None:
     for path in base.glob("provium-*"):
         owner = _OWNED.match(path.name)
-        if owner and process_gone(int(owner.group(1))) and path.is_dir() and path.stat().st_uid == os.getuid():
+        if not owner or not process_gone(int(owner.group(1))):
+            continue
+        try:
+            mine = path.is_dir() and path.lstat().st_uid == os.getuid()
+        except OSError:  # another provium starting now swept it first
+            continue
+        if mine:
             shutil.rmtree(path, ignore_errors=True)
