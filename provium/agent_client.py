@@ -1,14 +1,19 @@
 """The host end of the agent connection: requests, replies, events, deadlines.
 
-Requests are synchronous: send a frame, read frames until the final reply with
-the request's id arrives or the deadline passes. Partial replies are merged as
-docs/protocol.md says; replies to requests nobody waits for any more (they
-timed out) and hello events are skipped.
+Several threads may have requests in flight at once (ops on different agent
+channels overlap in the guest). Each request waits for the final reply with
+its id; whichever waiting thread finds nobody reading the socket reads the
+next frames and hands each to the request it answers. Partial replies are
+merged as docs/protocol.md says; replies to requests nobody waits for any
+more (they timed out) and hello events are skipped. What ends the connection
+(it closes, the agent sends garbage or restarts, the crash watch raises) fails
+every request in flight; an event on a channel fails the requests on it.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,57 +29,49 @@ class ConnectionLost(ProtocolError):
 WATCH_INTERVAL = 0.2
 
 
+class _Pending:
+    """A request in flight: its reply merged so far, then its outcome (the reply or an exception)."""
+
+    def __init__(self, channel: int, op: str):
+        self.channel, self.op = channel, op
+        self.merged: dict[str, list[bytes]] = {}
+        self.total = 0
+        self.reply: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.reply is not None or self.error is not None
+
+
 class AgentClient:
-    """watch: called about every WATCH_INTERVAL seconds while waiting (it may raise to stop the wait)."""
+    """watch: called about every WATCH_INTERVAL seconds of silence while waiting; what it raises fails every
+    request in flight (the crash watch: a guest that panicked answers nothing more)."""
 
     def __init__(self, sock: socket.socket, watch: Callable[[], None] | None = None) -> None:
         self._sock = sock
         self._watch = watch
         self._decoder = protocol.FrameDecoder()
-        self._frames = []
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
+        self._reading = False  # a thread is reading the socket (outside the condition's lock)
+        self._pending: dict[int, _Pending] = {}
+        self._hello: _Pending | None = None  # wait_hello's, until the hello event arrives
         self._next_id = 1
-        self._broken = None  # once the agent sends garbage, the stream cannot be trusted again
+        self._broken: ProtocolError | None = None  # garbage or a closed connection: nothing more can be read
         self.agent_name: str | None = None
 
     def close(self) -> None:
         self._sock.close()
 
-    def _send(self, channel, message):
-        try:
-            self._sock.sendall(protocol.encode(channel, message))
-        except OSError as exc:
-            raise ConnectionLost(f"agent connection lost while sending: {exc.strerror or exc}") from None
-
-    def _next_frame(self, deadline, what):
-        while not self._frames:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineError(f"{what} did not answer within the deadline")
-            self._sock.settimeout(min(remaining, WATCH_INTERVAL) if self._watch else remaining)
-            try:
-                data = self._sock.recv(1 << 20)
-            except socket.timeout:
-                if self._watch:
-                    self._watch()
-                continue
-            except OSError as exc:
-                raise ConnectionLost(f"agent connection lost: {exc.strerror or exc}") from None
-            if not data:
-                raise ConnectionLost("agent connection closed")
-            try:
-                self._frames.extend(self._decoder.feed(data))
-            except ProtocolError as exc:
-                self._broken = f"the agent sent a malformed frame: {exc}"
-                raise ProtocolError(self._broken) from None
-        return self._frames.pop(0)
-
     def wait_hello(self, timeout: float) -> dict[str, Any]:
         """Wait for the agent's hello event (cold boot)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            channel, message = self._next_frame(deadline, "the agent's hello")
-            if channel == protocol.ROUTER_CHANNEL and message.get("event") == "hello":
-                return message
+        with self._cond:
+            self._hello = waiter = _Pending(protocol.ROUTER_CHANNEL, "hello")
+        try:
+            return self._await(waiter, time.monotonic() + timeout, "the agent's hello")
+        finally:
+            self._hello = None
 
     def handshake(self, timeout: float) -> dict[str, Any]:
         """Exchange protocol versions; ProtocolError when they differ."""
@@ -87,43 +84,128 @@ class AgentClient:
 
     def request(self, channel: int, op: str, timeout: float, /, **fields: Any) -> dict[str, Any]:
         """Send op on channel and return its merged reply; AgentError on an error reply."""
-        if self._broken:
-            raise ProtocolError(self._broken)
-        request_id = self._next_id
-        self._next_id += 1
-        self._send(channel, {"id": request_id, "op": op, **fields})
-        deadline = time.monotonic() + timeout
-        merged, total = {}, 0
-        while True:
-            frame_channel, message = self._next_frame(deadline, f"op {op!r}")
-            if "event" in message:
-                self._on_event(frame_channel, message, channel, op)
-                continue
-            if message.get("id") != request_id or frame_channel != channel:
-                continue  # a late reply to a request that timed out
-            for key, value in message.items():
-                if isinstance(value, bytes):
-                    total += len(value)
-                    if total > protocol.MAX_REPLY_BYTES:
-                        raise ProtocolError(f"op {op!r}: reply exceeds {protocol.MAX_REPLY_BYTES} bytes")
-                    merged.setdefault(key, []).append(value)
-            if message.get("more"):
-                continue
-            if "error" in message:
-                raise AgentError(str(message["error"]), message.get("errno"))
-            return {**message, **{key: b"".join(parts) for key, parts in merged.items()}}
+        with self._cond:
+            if self._broken:
+                raise self._broken
+            request_id, self._next_id = self._next_id, self._next_id + 1
+            self._pending[request_id] = waiter = _Pending(channel, op)
+        try:
+            self._send(channel, {"id": request_id, "op": op, **fields})
+            return self._await(waiter, time.monotonic() + timeout, f"op {op!r}")
+        finally:
+            with self._cond:
+                self._pending.pop(request_id, None)
 
-    @staticmethod
-    def _on_event(frame_channel, message, channel, op):
-        event = message.get("event")
-        if event == "hello" and frame_channel == protocol.ROUTER_CHANNEL:
-            # a hello while connected: the agent's router died and was restarted
-            raise AgentError(f"op {op!r}: the agent restarted (its router died) and the op was lost")
-        if frame_channel != channel:
+    def abandon(self, channel: int, error: BaseException) -> None:
+        """Fail the requests in flight on `channel` with `error` (its worker was ended from here)."""
+        with self._cond:
+            self._fail(error, channel)
+
+    def _send(self, channel, message):
+        try:
+            with self._send_lock:
+                self._sock.sendall(protocol.encode(channel, message))
+        except OSError as exc:
+            raise ConnectionLost(f"agent connection lost while sending: {exc.strerror or exc}") from None
+
+    def _await(self, waiter: _Pending, deadline: float, what: str) -> dict[str, Any]:
+        """The waiter's reply: waits while another thread reads, reads when nobody does."""
+        with self._cond:
+            while not waiter.done:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineError(f"{what} did not answer within the deadline")
+                if self._reading:
+                    self._cond.wait(min(remaining, WATCH_INTERVAL))
+                    continue
+                self._reading = True
+                self._cond.release()
+                try:
+                    frames, error = self._read(min(remaining, WATCH_INTERVAL) if self._watch else remaining)
+                finally:
+                    self._cond.acquire()
+                    self._reading = False
+                    self._cond.notify_all()
+                for channel, message in frames:
+                    self._deliver(channel, message)
+                if error is not None:
+                    self._fail(error)
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.reply
+
+    def _read(self, timeout: float) -> tuple[list, BaseException | None]:
+        """(frames, error) from one read of at most `timeout` seconds (the watch runs when nothing came)."""
+        if self._broken:
+            return [], self._broken
+        self._sock.settimeout(timeout)
+        try:
+            data = self._sock.recv(1 << 20)
+        except socket.timeout:
+            try:
+                if self._watch:
+                    self._watch()
+            except Exception as exc:  # noqa: BLE001 - what the watch found fails the requests in flight
+                return [], exc
+            return [], None
+        except OSError as exc:
+            self._broken = ConnectionLost(f"agent connection lost: {exc.strerror or exc}")
+            return [], self._broken
+        if not data:
+            self._broken = ConnectionLost("agent connection closed")
+            return [], self._broken
+        try:
+            return self._decoder.feed(data), None
+        except ProtocolError as exc:
+            self._broken = ProtocolError(f"the agent sent a malformed frame: {exc}")
+            return [], self._broken
+
+    def _fail(self, error: BaseException, channel: int | None = None) -> None:
+        """Fail the requests in flight (on `channel` only, if given) that have no outcome yet."""
+        for waiter in [*self._pending.values(), *([self._hello] if self._hello else [])]:
+            if not waiter.done and channel in (None, waiter.channel):
+                waiter.error = error
+
+    def _deliver(self, channel: int, message: dict[str, Any]) -> None:
+        """Hand a frame to the request it answers, or act on the event it is."""
+        if "event" in message:
+            self._on_event(channel, message)
             return
-        if event == "worker_exit":
-            detail = (f"killed by signal {message['signal']}" if "signal" in message
-                      else f"exit status {message['code']}" if "code" in message else "it ended")
-            raise AgentError(f"op {op!r}: the guest process serving it died ({detail})")
-        if event == "error":
-            raise ProtocolError(f"op {op!r}: the agent could not decode the request: {message.get('message')}")
+        waiter = self._pending.get(message.get("id"))
+        if waiter is None or waiter.channel != channel or waiter.done:
+            return  # a late reply to a request that timed out
+        for key, value in message.items():
+            if isinstance(value, bytes):
+                waiter.total += len(value)
+                if waiter.total > protocol.MAX_REPLY_BYTES:
+                    waiter.error = ProtocolError(f"op {waiter.op!r}: reply exceeds {protocol.MAX_REPLY_BYTES} bytes")
+                    return
+                waiter.merged.setdefault(key, []).append(value)
+        if message.get("more"):
+            return
+        if "error" in message:
+            waiter.error = AgentError(str(message["error"]), message.get("errno"))
+        else:
+            waiter.reply = {**message, **{key: b"".join(parts) for key, parts in waiter.merged.items()}}
+
+    def _on_event(self, channel: int, message: dict[str, Any]) -> None:
+        event = message.get("event")
+        if event == "hello" and channel == protocol.ROUTER_CHANNEL:
+            if self._hello is not None:
+                self._hello.reply = message
+            else:  # a hello while connected: the agent's router died and was restarted
+                for waiter in self._pending.values():
+                    if not waiter.done:
+                        waiter.error = AgentError(f"op {waiter.op!r}: the agent restarted (its router died) "
+                                                  "and the op was lost")
+            return
+        for waiter in self._pending.values():
+            if waiter.channel != channel or waiter.done:
+                continue
+            if event == "worker_exit":
+                detail = (f"killed by signal {message['signal']}" if "signal" in message
+                          else f"exit status {message['code']}" if "code" in message else "it ended")
+                waiter.error = AgentError(f"op {waiter.op!r}: the guest process serving it died ({detail})")
+            elif event == "error":
+                waiter.error = ProtocolError(f"op {waiter.op!r}: the agent could not decode the request: "
+                                             f"{message.get('message')}")

@@ -58,6 +58,12 @@ def suspended_seconds() -> float:
     return getattr(_local, "suspended", 0.0)
 
 
+def current() -> float | None:
+    """The monotonic time the current deadline ends at (None: no deadline), to carry to another thread."""
+    stack = _stack()
+    return stack[-1] if stack else None
+
+
 def clamp(timeout: float) -> float:
     """`timeout` seconds, or less if the current deadline comes first (never negative)."""
     stack = _stack()

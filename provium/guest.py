@@ -165,7 +165,9 @@ class Worker(GuestOps):
         return self.vm._call(self.channel, op, timeout, **fields)
 
     def kill(self) -> None:
-        """End the worker (a thread worker ends when it next waits for a request)."""
+        """End the worker (a thread worker ends when it next waits for a request). An op on it still in
+        flight (in another thread) fails."""
         if not self.killed and self.vm.state == "running":
             self.vm._call(protocol.ROUTER_CHANNEL, "kill_worker", None, channel=self.channel)
+            self.vm.client.abandon(self.channel, VmStateError(f"worker {self.tid} was killed while an op ran on it"))
         self.killed = True

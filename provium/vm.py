@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from typing import TYPE_CHECKING
 from . import agent_build, deadline, findings, images, protocol, qemu, resources, symbolize
 from .agent_client import AgentClient, ConnectionLost
 from .config import RunSettings, parse_memory
-from .errors import AgentError, BootError, ConfigError, DeadlineError, ImageError, ProtocolError, VmStateError
+from .errors import (AgentError, BootError, ConfigError, DeadlineError, ImageError, ProtocolError, ProviumError,
+                     VmStateError)
 from .findings import Finding, Located
 from .guest import GuestOps, Worker
 
@@ -152,6 +154,10 @@ class Vm(GuestOps):
         self.leak_since: int | None = None  # the guest's jiffies when the leak check was armed (kmemleak.arm)
         self._console_seen = 0  # where the next scan starts: after the last whole line scanned
         self._console_size = 0  # the log's size at the last scan
+        self._console_lock = threading.Lock()  # ops of several threads scan the console one at a time
+        self._stop_lock = threading.Lock()
+        self._death_lock = threading.Lock()
+        self._death: str | None = None  # why it stopped answering (with its console), once an op found out
         self._reserved = 0
         self.name = name or profile.name
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
@@ -281,7 +287,8 @@ class Vm(GuestOps):
         return self._call(protocol.MAIN_CHANNEL, op, timeout, **fields)
 
     def _call(self, channel, op, timeout, /, **fields):
-        """An op on a channel: timeout None is the VM's op timeout; the thread's deadline clamps it."""
+        """An op on a channel: timeout None is the VM's op timeout; the thread's deadline clamps it. Ops on
+        different channels may run at once from several threads."""
         if self.crash:
             raise GuestCrash(self.name, self.crash.findings, self.crash.decoded)
         if self.state != "running":
@@ -290,25 +297,37 @@ class Vm(GuestOps):
             reply = self.client.request(channel, op, deadline.clamp(self.timeouts.op if timeout is None else timeout),
                                         **fields)
         except ConnectionLost:
-            raise AgentError(f"{op}: VM {self.name!r} died: {self._explain()}") from None
+            raise self._lost(op) from None
         except ProtocolError as exc:
             self.kill()  # a guest that talks garbage is not trusted with another request
             raise AgentError(f"{op}: VM {self.name!r} stopped: {exc}") from None
         self.check_console()  # what the kernel printed while the op ran fails the op, at the caller's line
         return reply
 
+    def _lost(self, op: str) -> ProviumError:
+        """The error for an op whose connection was lost: the guest died (explained once, for every op in
+        flight), or the VM was stopped from another thread while the op ran."""
+        with self._death_lock:
+            if self._death is None:
+                if self.state != "running":
+                    return VmStateError(f"VM {self.name!r} was stopped while {op} ran")
+                self._death = self._explain()
+        return AgentError(f"{op}: VM {self.name!r} died: {self._death}")
+
     def check_console(self) -> None:
         """Raise GuestCrash for the kernel's reports on the console not reported yet (warnings only where
         not allowed). A fatal one (a panic, an oops) is raised again by every later op."""
-        if self.crash or self.machine is None or not self._console_grew():
-            return
-        raised = tuple(located.finding for located in self._scan_console()
-                       if not (located.finding.kind == findings.KERNEL_WARNING and self.allow_warnings))
-        if raised:
+        with self._console_lock:
+            if self.crash or self.machine is None or not self._console_grew():
+                return
+            raised = tuple(located.finding for located in self._scan_console()
+                           if not (located.finding.kind == findings.KERNEL_WARNING and self.allow_warnings))
+            if not raised:
+                return
             crash = self.crash_for(raised)
             if any(finding.fatal for finding in raised):
                 self.crash = crash
-            raise crash
+        raise crash
 
     def _console_grew(self):
         """True when the console log changed since the last scan (which starts over if it was trimmed)."""
@@ -452,15 +471,16 @@ class Vm(GuestOps):
     def _stop(self, timeout):
         """Stop QEMU (given `timeout` seconds to exit on its own; None: at once), close the agent connection
         and give back the VM's host memory."""
-        if self.machine is not None:
-            self.machine.shutdown(timeout)
-        if self.client is not None:
-            self.client.close()
-        if self._reserved:
-            resources.host_memory.release(self._reserved)
-            self._reserved = 0
-        if self.state != "created":
-            self.state = "stopped"
+        with self._stop_lock:
+            if self.state != "created":
+                self.state = "stopped"
+            if self.machine is not None:
+                self.machine.shutdown(timeout)
+            if self.client is not None:
+                self.client.close()
+            if self._reserved:
+                resources.host_memory.release(self._reserved)
+                self._reserved = 0
 
 
 def _not_started(exc, cold, timeout):
