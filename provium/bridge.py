@@ -16,7 +16,9 @@ method) of every row marked `method`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +27,8 @@ import lupa.lua54 as lua
 
 from . import deadline
 from .errors import AgentError, ArgumentError, DeadlineError, ProviumError
-from .guest import ExecResult, GuestOps, Job, JobResult, Pointer, SyscallResult
+from .guest import ExecResult, GuestOps, Job, JobResult, Pointer, SyscallResult, Worker
+from .lanes import Lanes
 
 # Kinds of a failure as the prelude sees them.
 ERROR, ARGUMENT, SKIP, INTERNAL = b"error", b"argument", b"skip", b"internal"
@@ -114,11 +117,21 @@ def sequence(value) -> list:
     return [value[i] for i in range(1, len(value) + 1)]
 
 
-def syscall(target: GuestOps, nr: int, args, bufs, ptrs):
-    """The prelude's syscall methods all end here: args {1..n} integers, bufs {[index] = data},
-    ptrs {{buf, offset, length, data}} (already converted to integers and strings in Lua)."""
-    pointers = [Pointer(p[b"buf"], p[b"offset"], p[b"length"], p[b"data"]) for p in sequence(ptrs)]
-    return target.syscall(nr, sequence(args), dict(bufs.items()), pointers)
+# The syscall op's tables, made by the prelude's syscall methods (their values already checked there).
+
+def integers(value) -> list[int]:
+    """args: {1..n} integers."""
+    return [integer(v) for v in sequence(table(value))]
+
+
+def buffers(value) -> dict[int, bytes]:
+    """bufs: {[index] = data}."""
+    return {integer(k): string(v) for k, v in table(value).items()}
+
+
+def pointers(value) -> list[Pointer]:
+    """ptrs: {{buf, offset, length, data}}."""
+    return [Pointer(p[b"buf"], p[b"offset"], p[b"length"], p[b"data"]) for p in sequence(table(value))]
 
 
 class LuaValues:
@@ -180,10 +193,14 @@ GUEST_OPS: tuple[GuestOp, ...] = (
             JobResult(False, 0, b"", b"", False), LuaValues.record),
     GuestOp("job_kill", GuestOps.job_kill, (Param("job", job),), JobResult(False, 0, b"", b"", False),
             LuaValues.record),
-    GuestOp("syscall", syscall, (Param("nr", integer), Param("args", table), Param("bufs", table),
-                                 Param("ptrs", table)), SyscallResult(0, (), ()),
+    GuestOp("syscall", GuestOps.syscall, (Param("nr", integer), Param("args", integers), Param("bufs", buffers),
+                                          Param("ptrs", pointers)), SyscallResult(0, (), ()),
             LuaValues.syscall, method=False),
 )
+
+
+WAIT_STEP = 0.2  # seconds between looks at the deadline and the interrupt while waiting
+CANCEL_GRACE = 2.0  # seconds a cancelled task's op in flight has to end before its worker is killed
 
 
 class Interrupted(BaseException):
@@ -205,50 +222,136 @@ def describe_call(name: str, args: tuple) -> str:
 class Bridge:
     """Builds the bridge table and guards every call into Python.
 
-    targets(handle) -> the VM or worker behind a handle. timed_out(handle) -> the message for a deadline
-    that passed during an op on that handle (None for an op on no VM). While the file is only listed,
+    targets(handle) -> the VM or worker behind a handle. timed_out(handles, what) -> the message for a deadline
+    that passed during `what` (an op on those VMs or workers, None: Lua code). While the file is only listed,
     guest ops and the functions given an inert value answer it instead of running.
+
+    A guest op of a Lua task runs on its target's lane (lanes.Lanes) when other tasks are alive: `start` queues
+    it and answers its ticket, `collect` waits for the first of the tasks' ops to end and answers its values.
     """
 
     def __init__(self, runtime: lua.LuaRuntime, targets: Callable[[int], GuestOps],
-                 timed_out: Callable[[int | None], str], interrupted: Callable[[], bool], listing: bool):
+                 timed_out: Callable[[list[int], str | None], str], interrupted: Callable[[], bool], listing: bool):
         self.runtime = runtime
         self.targets = targets
         self.timed_out = timed_out
         self.interrupted = interrupted
         self.listing = listing
+        self.lanes = Lanes()
         self.current: str | None = None  # the call running now (or last), as it reads in Lua
         self.values: LuaValues | None = None  # set by the prelude's first call (it hands over `wrap`)
+        self._ops = {op.name: op for op in GUEST_OPS}
+        self._started: dict[int, tuple[GuestOp | None, str]] = {}  # each ticket not collected: (op, the call)
 
     def table(self, functions: dict[str, tuple[Callable, tuple | None]], constants: dict[str, object]):
         """The bridge: `functions` {name: (fn, inert values or None to run it even when listing)}, the
-        guest op dispatcher `guest`, the row list `guest_ops` and plain `constants`."""
+        guest op functions `guest` (run now), `start`, `collect` and `cancel` (run on lanes), the row list
+        `guest_ops` and plain `constants`."""
         bridge = self.runtime.table_from({
             name.encode(): self._guarded(name, fn, inert) for name, (fn, inert) in functions.items()})
-        rows = {op.name: op for op in GUEST_OPS}
-        bridge[b"guest"] = self._guarded_guest(rows)
+        bridge[b"guest"] = self._guest
+        bridge[b"start"] = self._start
+        bridge[b"collect"] = self._collect
+        bridge[b"cancel"] = self._guarded("cancel", self._cancel, None)
+        bridge[b"sleep"] = self._guarded("sleep", self._sleep, ())
+        bridge[b"timer"] = self._guarded("sleep", self._timer, None)
         bridge[b"guest_ops"] = self.runtime.table_from([op.name.encode() for op in GUEST_OPS if op.method])
         bridge[b"set_wrap"] = self._set_wrap
+        bridge[b"listing"] = self.listing
         for name, value in constants.items():
             bridge[name.encode()] = value
         return bridge
 
+    def close(self) -> None:
+        self.lanes.close()
+
     def _set_wrap(self, wrap):
         self.values = LuaValues(self.runtime, wrap)
 
-    def _guarded_guest(self, rows: dict[str, GuestOp]):
-        def guest(name, handle, *args):
-            op = rows[name.decode()]
-            return self._guard(f"vm:{op.name}", args, handle, lambda: self._run(op, handle, args))
-        return guest
+    def _converted(self, op: GuestOp, args: tuple) -> list:
+        """The op's arguments as Python wants them; ArgumentError names a bad one."""
+        return [param.convert(i, arg) for i, (param, arg) in
+                enumerate(zip(op.params, args + (None,) * (len(op.params) - len(args))), 1)]
 
-    def _run(self, op: GuestOp, handle: int, args: tuple) -> tuple:
-        """A guest op's Lua values: its arguments checked, its handler called (its inert value when listing)."""
-        if self.listing:
-            return op.to_lua(self.values, op.inert)
-        converted = [param.convert(i, arg) for i, (param, arg) in
-                     enumerate(zip(op.params, args + (None,) * (len(op.params) - len(args))), 1)]
-        return op.to_lua(self.values, op.handler(self.targets(handle), *converted))
+    def _guest(self, name, handle, *args):
+        """Run a guest op now: its Lua values (its inert value when listing)."""
+        op = self._ops[name.decode()]
+
+        def run() -> tuple:
+            if self.listing:
+                return op.to_lua(self.values, op.inert)
+            return op.to_lua(self.values, op.handler(self.targets(handle), *self._converted(op, args)))
+        return self._guard(f"vm:{op.name}", args, handle, run)
+
+    def _start(self, name, handle, *args):
+        """Queue a guest op on its target's lane: (true, ticket, the call as it reads in Lua)."""
+        op = self._ops[name.decode()]
+
+        def start() -> tuple:
+            call = functools.partial(op.handler, self.targets(handle), *self._converted(op, args))
+            what = describe_call(f"vm:{op.name}", args)
+            ticket = self.lanes.start(handle, what, call)
+            self._started[ticket] = op, what
+            return ticket, what.encode()
+        return self._guard(f"vm:{op.name}", args, handle, start)
+
+    def _timer(self, seconds) -> tuple[int, bytes]:
+        """provium.sleep in a task: a ticket that ends `seconds` from now, and the call as it reads in Lua."""
+        what = describe_call("provium.sleep", (number(seconds),))
+        ticket = self.lanes.timer(seconds, what)
+        self._started[ticket] = None, what
+        return ticket, what.encode()
+
+    def _collect(self, tickets):
+        """The first of `tickets` (a Lua array of the blocked tasks' tickets, in the tasks' order) to end:
+        (ticket, its guarded values)."""
+        wanted = sequence(tickets)
+        while True:
+            if self.interrupted():
+                raise Interrupted()
+            got = None if deadline.expired() else self.lanes.collect(wanted, deadline.clamp(WAIT_STEP))
+            if deadline.expired():  # none ended in time, or one ended by the deadline
+                return self._expired(wanted)
+            if got is not None:
+                ticket, outcome = got
+                op, _ = self._started.pop(ticket)
+                if outcome.error is not None:
+                    return (ticket, *self._failure(outcome.error, None))
+                return (ticket, True, *(op.to_lua(self.values, outcome.value) if op else ()))
+
+    def _expired(self, wanted: list[int]) -> tuple:
+        """The deadline passed with every ticket in `wanted` in flight: all are stuck, and the first (in the
+        tasks' order: the report does not depend on which op noticed first) fails naming its op."""
+        what = self._started[wanted[0]][1]
+        stuck = self.lanes.drop(wanted, 0.0)
+        for ticket in wanted:
+            self._started.pop(ticket, None)
+        return wanted[0], False, self.timed_out([op.lane for op in stuck], what).encode(), ERROR, None, None
+
+    def _cancel(self, tickets) -> tuple:
+        """Forget the ops of cancelled tasks: each gets CANCEL_GRACE seconds to end, then the worker it runs on
+        is killed (a VM's own channel cannot be: the VM is). What was killed, one line each."""
+        killed = []
+        tickets = sequence(tickets)
+        for ticket in tickets:
+            self._started.pop(ticket, None)
+        for op in self.lanes.drop(tickets, CANCEL_GRACE):
+            target = self.targets(op.lane)
+            target.kill()
+            whose = f"worker {target.tid}" if isinstance(target, Worker) else f"VM {target.name!r}"
+            killed.append(f"{op.what} did not end within {CANCEL_GRACE:g} s of the cancel: {whose} was killed")
+        return ("\n".join(killed),)
+
+    def _sleep(self, seconds) -> None:
+        """Wait `seconds` (DeadlineError when the deadline comes first)."""
+        seconds = number(seconds)
+        ends = time.monotonic() + seconds
+        while (remaining := ends - time.monotonic()) > 0:
+            if self.interrupted():
+                raise Interrupted()
+            if deadline.expired():
+                raise DeadlineError(f"provium.sleep({seconds:g}) passed the deadline")
+            time.sleep(min(WAIT_STEP, deadline.clamp(remaining)) or WAIT_STEP / 10)
 
     def _guarded(self, name: str, fn: Callable, inert: tuple | None):
         on_vm = name.startswith("vm_")  # its first argument is a VM's handle
@@ -279,7 +382,7 @@ class Bridge:
     def _failure(self, exc: Exception, handle: int | None) -> tuple:
         """(False, message, kind, errno, detail) for an exception raised by an op."""
         if isinstance(exc, DeadlineError) and deadline.expired():
-            return False, self.timed_out(handle).encode(), ERROR, None, None
+            return False, self.timed_out([] if handle is None else [handle], self.current).encode(), ERROR, None, None
         if isinstance(exc, NotHere):
             return False, str(exc).encode(), SKIP, None, None
         if isinstance(exc, ArgumentError):

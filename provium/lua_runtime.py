@@ -19,7 +19,7 @@ import lupa.lua54 as lua
 
 from . import deadline
 from .bridge import Bridge, text
-from .errors import ProviumError
+from .errors import ProviumError, VmStateError
 from .fixtures import BuildResult
 from .guest import GuestOps
 from .host_files import HostFiles, display_name
@@ -102,7 +102,8 @@ class LuaFile:
         self.workers: dict[int, GuestOps] = {}
         self._next_handle = 1
         self._test: TestRun | None = None
-        self._stuck: int | None = None  # the handle of the VM or worker a timed-out op was waiting for
+        self._gone: dict[int, str] = {}  # why a VM the file made is no longer its own, by handle
+        self._stuck: set[int] = set()  # the handles of the VMs and workers timed-out ops were waiting for
         self._output: list[str] = []
         self.runtime = lua.LuaRuntime(encoding=None, unpack_returned_tuples=True, max_memory=LUA_MAX_MEMORY,
                                       register_eval=False, register_builtins=False,
@@ -116,7 +117,7 @@ class LuaFile:
             "vm_boot": (self._boot, ()), "vm_spawn": (self._spawn, (0, 0, 0)), "vm_shutdown": (self._shutdown, ()),
             "vm_kill": (self._kill, ()), "worker_kill": (self._kill, ()),
             "begin_test": (self._begin_test, None), "end_test": (self._end_test, None),
-        }, {"output": self._output.append, "expired": self._expired, "now": time.monotonic, "sleep": time.sleep,
+        }, {"output": self._output.append, "expired": self._expired, "now": time.monotonic,
             "max_memory": LUA_MAX_MEMORY})
         boot_prelude = self.runtime.eval(
             "function(src, name, bridge) return assert(load(src, name, 't'))(bridge) end")
@@ -149,6 +150,7 @@ class LuaFile:
                 self._report(failure)
         finally:
             self._stop(list(self.vms.values()))
+            self.bridge.close()
 
     def build_fixture(self) -> BuildResult:
         """Run a fixture script; the BuildResult holding the VM to snapshot (still running)."""
@@ -166,6 +168,7 @@ class LuaFile:
             return BuildResult(vm, tuple(self.files.required), dict(self.fixture_deps))
         finally:
             self._stop(list(self.vms.values()))
+            self.bridge.close()
 
     def _returned(self, handle: int | None) -> int:
         """The VM a fixture script returned, or its only running one."""
@@ -185,11 +188,11 @@ class LuaFile:
         output, self._output[:] = "".join(map(text, self._output)), []
         return output
 
-    def _timed_out(self, handle: int | None) -> str:
-        """The message for a deadline that passed during an op (on the VM or worker `handle`)."""
-        if handle is not None:
-            self._stuck = handle
-        where = f" in {self.bridge.current}" if self.bridge.current else " in Lua code"
+    def _timed_out(self, handles: list[int], what: str | None) -> str:
+        """The message for a deadline that passed during `what` (an op on the VMs or workers `handles`; None:
+        Lua code)."""
+        self._stuck.update(handles)
+        where = f" in {what}" if what else " in Lua code"
         if self._test is not None and self._test.timed_out():
             return f"test {self._test.spec.name!r} timed out after {self._test.spec.timeout:.0f} s{where}"
         return f"{self.display_name} timed out after {self.options.file_timeout:.0f} s{where}"
@@ -200,8 +203,7 @@ class LuaFile:
         if self.interrupted():
             return b"the run was interrupted"
         if deadline.expired():
-            self.bridge.current = None
-            return self._timed_out(None).encode()
+            return self._timed_out([], None).encode()
         return None
 
     # ------------------------------------------------------------ VMs and workers
@@ -210,7 +212,7 @@ class LuaFile:
         """The VM or worker behind a handle."""
         target = self.vms.get(handle) or self.workers.get(handle)
         if target is None:
-            raise ProviumError(f"no VM with handle {handle}")
+            raise VmStateError(self._gone.get(handle, f"no VM with handle {handle}"))
         return target
 
     def _new_handle(self) -> int:
@@ -313,17 +315,23 @@ class LuaFile:
         self._test = TestRun(spec, self.display_name, self.preparer, self.options.artifacts)
         self._allow_warnings(self.vms.values())
         self._output.clear()
-        self._stuck = None
+        self._stuck.clear()
         self.on_test_start(name)
         reason = self._test.begin(list(self.vms.values()))
         return (True, reason) if reason else True
 
     def _end_test(self, reported) -> None:
         test, self._test = self._test, None
-        stuck = self.vms.get(self._stuck) or getattr(self.workers.get(self._stuck), "vm", None)
-        result = test.end(dict(reported), self.vms, stuck, self._take_output())
-        for handle in [*test.vms, *([self._stuck] if test.expired else [])]:
-            self.vms.pop(handle, None)
+        stuck_vms = {self.vms.get(h) or getattr(self.workers.get(h), "vm", None) for h in self._stuck}
+        stuck = [h for h, vm in self.vms.items() if vm in stuck_vms]  # a worker's VM stands for it
+        result = test.end(dict(reported), self.vms, [self.vms[h] for h in stuck], self._take_output())
+        killed = stuck if test.expired else []
+        for handle in [*test.vms, *killed]:
+            vm = self.vms.pop(handle, None)
+            if vm is not None:
+                self._gone[handle] = (f"VM {vm.name!r} was killed when test {test.spec.name!r} timed out in it"
+                                      if handle in killed else
+                                      f"VM {vm.name!r} was stopped at the end of test {test.spec.name!r}, which made it")
         self._allow_warnings(self.vms.values())  # the test's allowance ends with it
         self._report(result)
 

@@ -101,16 +101,16 @@ class TestRun:
 
     # ------------------------------------------------------------ end
 
-    def end(self, reported: dict, vms: dict[int, Vm], stuck: Vm | None, output: str) -> TestResult:
+    def end(self, reported: dict, vms: dict[int, Vm], stuck: list[Vm], output: str) -> TestResult:
         """The test's result from what Lua reported (`vms`: the file's, by handle); stops the VMs the test
-        made, and kills them and the one it was stuck in (`stuck`) when it timed out."""
+        made, and kills them and those it was stuck in (`stuck`) when it timed out."""
         timed_out = self.expired = self.deadline() <= time.monotonic()
         self._scope.__exit__(None, None, None)
         result = self.charge_findings(self.result_of(reported, output), vms.values(), check_leaks=not timed_out)
         result.where = result.where or ("" if result.outcome == Outcome.PASSED else self.spec.where)
         if result.outcome.failed:
             self.explain(result, vms)
-        self.stop([vms[h] for h in self.vms if h in vms], stuck if timed_out else None, timed_out)
+        self.stop([vms[h] for h in self.vms if h in vms], stuck if timed_out else [], timed_out)
         result.duration = time.monotonic() - self.started
         return result
 
@@ -137,11 +137,11 @@ class TestRun:
                            vms, self.vms)
 
     @staticmethod
-    def stop(mine: list[Vm], stuck: Vm | None, timed_out: bool) -> None:
-        """Stop the test's VMs; after a timeout the guests are in an unknown state: kill them, and the
-        one the test was stuck in."""
+    def stop(mine: list[Vm], stuck: list[Vm], timed_out: bool) -> None:
+        """Stop the test's VMs; after a timeout the guests are in an unknown state: kill them, and those
+        the test was stuck in."""
         if timed_out:
-            for vm in mine + ([stuck] if stuck else []):
+            for vm in mine + stuck:
                 vm.kill()
         for vm in mine:
             vm.shutdown()

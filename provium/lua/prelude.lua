@@ -26,6 +26,7 @@ local function where(level)
 end
 
 local Todo = {__metatable = false}
+local Cancelled = setmetatable({}, {__metatable = false}) -- raised in a task whose scope failed
 
 -- file:line of the innermost caller outside this chunk (the test file's own line), or nil.
 local function caller_line()
@@ -52,10 +53,10 @@ local function remember(message, errno, detail)
   raised_errors[message] = {errno = errno, detail = detail}
 end
 
--- Calls a bridge function for the API method `method`; raises its error at the test file's line
--- (an argument error names the method), or skips the test when the bridge says it cannot run here.
-local function call(method, fn, ...)
-  local result = table.pack(fn(...))
+-- The values of a bridge function's answer (packed) for the API method `method`; raises its error at
+-- the test file's line (an argument error names the method), or skips the test when the bridge says it
+-- cannot run here.
+local function answer(method, result)
   if result[1] then return table.unpack(result, 2, result.n) end
   local message, kind = result[2], result[3]
   if kind == "skip" then error(setmetatable({reason = message}, Todo), 0) end
@@ -65,6 +66,14 @@ local function call(method, fn, ...)
   remember(message, result[4], result[5])
   error(message, 0)
 end
+
+-- Calls a bridge function for the API method `method`: its values, or its error raised (see answer).
+local function call(method, fn, ...)
+  return answer(method, table.pack(fn(...)))
+end
+
+-- Guest ops and sleeps: run now, or in a task while others are alive, queued and awaited (see tasks).
+local guest, sleep
 
 local function check(method, index, name, value, expected, optional)
   if value == nil and optional then return end
@@ -189,12 +198,12 @@ for _, name in ipairs(bridge.guest_ops) do
   local method = "vm:" .. name
   VM[name] = function(self, ...)
     is_vm(self, method)
-    return call(method, bridge.guest, name, self._h, plains(select("#", ...), ...))
+    return guest(method, name, self._h, plains(select("#", ...), ...))
   end
 end
 
 local function exec(method, vm, cmd)
-  return call(method, bridge.guest, "exec", vm._h, cmd)
+  return guest(method, "exec", vm._h, cmd)
 end
 
 local function shell_quote(s)
@@ -248,7 +257,7 @@ function VM:wait_until(fn, opts)
     if remaining <= 0 then
       error(string.format("vm:wait_until: %s not met within %g s", desc, timeout), 2)
     end
-    bridge.sleep(math.min(interval, remaining))
+    sleep("vm:wait_until", math.min(interval, remaining))
   end
 end
 
@@ -301,7 +310,7 @@ end
 
 -- Runs the syscall; returns ret, then buffers (index order), then pointer targets.
 local function do_syscall(method, self, nr, args, bufs, ptrs)
-  return call(method, bridge.guest, "syscall", self._h, nr, args, bufs, ptrs or {})
+  return guest(method, "syscall", self._h, nr, args, bufs, ptrs or {})
 end
 
 function VM:syscall(nr, ...)
@@ -709,6 +718,7 @@ function todo(reason)
 end
 
 local function on_error(e)
+  if e == Cancelled then return e end
   local trace = traceback("", 2)
   if getmt(e) == Todo then
     return {outcome = "skipped", message = e.reason}
@@ -735,6 +745,231 @@ local function unhandled(e)
       "the Lua memory limit (%g GiB per test file) was reached: not enough memory", bridge.max_memory / 2^30)}
   end
   return {outcome = "error", message = describe(e, "error value")}
+end
+
+---------------------------------------------------------------- tasks
+
+-- A test runs as task 1 of a scope of its own (so do the file's top level and a fixture script); its
+-- provium.go and provium.all start more tasks in that scope. Each task is a coroutine. A guest op (or
+-- provium.sleep) of a task, while other tasks of its scope are alive, is queued on its VM's or worker's
+-- lane (bridge.start) and the task yields until the op ends (bridge.collect): ops on different workers
+-- and VMs overlap in the guest, ops on one worker run in the order they were queued. With one task alive
+-- an op runs at once, as it always did. The first task to fail fails the scope: the others are cancelled
+-- (never resumed; their ops in flight get bridge.cancel's grace, then their worker is killed). A scope
+-- ends when every task has ended: a test waits for the tasks it started and did not wait for.
+local co_yield, co_status, co_close, co_isyieldable = coroutine.yield, coroutine.status, coroutine.close,
+  coroutine.isyieldable
+local Task = {__metatable = false} -- what provium.go returns: a handle with :wait()
+Task.__index = Task
+local tasks_of = setmetatable({}, {__mode = "k"}) -- handle -> its task (kept out of the test's reach)
+Task.__tostring = function(self) return "Task<started at " .. tasks_of[self].started_at .. ">" end
+
+local scope = nil -- the running scope: {tasks, ready, blocked = {[ticket] = task}, live, running, failure}
+
+-- A task: {scope, co, started_at (file:line; nil for task 1), waiters, ticket, done, results}.
+local function new_task(fn, started_at)
+  local task = {scope = scope, started_at = started_at, waiters = {}}
+  task.co = co_create(function(...) return xpcall(fn, on_error, ...) end)
+  sethook(task.co, deadline_hook, "", HOOK_EVERY)
+  scope.tasks[#scope.tasks + 1] = task
+  scope.live = scope.live + 1
+  return task
+end
+
+local function make_ready(task, values)
+  task.scope.ready[#task.scope.ready + 1] = {task = task, values = values or {n = 0}}
+end
+
+-- A task's scope fails with `failure` (an on_error table, or an error on_error never saw), unless an
+-- earlier task failed it already.
+local function fail_scope(task, failure)
+  local s = task.scope
+  if failure ~= Cancelled and not s.failure then
+    s.failure = type(failure) == "table" and failure or unhandled(failure)
+    s.failed = task
+  end
+end
+
+-- resumed: what co_resume answered when the task's coroutine ended (its xpcall's answer inside).
+local function finish(task, resumed)
+  local s = task.scope
+  task.done, s.live = true, s.live - 1
+  if not resumed[1] then
+    fail_scope(task, resumed[2])
+  elseif resumed[2] then
+    task.results = table.pack(table.unpack(resumed, 3, resumed.n))
+  else
+    fail_scope(task, resumed[3])
+  end
+  for _, waiter in ipairs(task.waiters) do make_ready(waiter) end
+end
+
+-- Runs a task until it yields to the scheduler or ends.
+local function resume_task(task, ...)
+  local s = task.scope
+  local outer = s.running
+  s.running = task
+  local resumed = table.pack(co_resume(task.co, ...))
+  s.running = outer
+  if co_status(task.co) == "dead" then return finish(task, resumed) end
+  local kind, value = resumed[3], resumed[4]
+  if resumed[2] ~= SCHED then
+    fail_scope(task, {outcome = "error", where = task.started_at,
+      message = "coroutine.yield outside a coroutine: a task (and a test) can only yield inside coroutine.create"})
+  elseif kind == "op" then
+    task.ticket, s.blocked[value] = value, task
+  elseif value.done then -- "join" a task that has ended
+    make_ready(task)
+  else
+    value.waiters[#value.waiters + 1] = task
+  end
+end
+
+-- The tickets of the tasks blocked in an op, in the tasks' order.
+local function blocked_tickets(s)
+  local tickets = {}
+  for _, task in ipairs(s.tasks) do
+    if task.ticket and not task.done then tickets[#tickets + 1] = task.ticket end
+  end
+  return tickets
+end
+
+-- After a failure: what the cancelled tasks were, and what had to be killed, for the report.
+local function cancel(s)
+  local started, tickets = {}, blocked_tickets(s)
+  for _, task in ipairs(s.tasks) do
+    if not task.done then
+      started[#started + 1] = task.started_at
+      task.done = true
+      co_close(task.co)
+    end
+  end
+  local notes = {}
+  if s.failed and s.failed.started_at then
+    notes[#notes + 1] = "the failing task was started at " .. s.failed.started_at
+  end
+  if #started > 0 then
+    notes[#notes + 1] = "cancelled (not resumed again): the tasks started at " .. table.concat(started, ", ")
+  end
+  local killed = #tickets > 0 and select(2, bridge.cancel(tickets)) or ""
+  if killed ~= "" then notes[#notes + 1] = killed end
+  if #notes > 0 then
+    s.failure.traceback = (s.failure.traceback or "") .. "\n" .. table.concat(notes, "\n")
+  end
+end
+
+local function schedule(s)
+  while true do
+    while #s.ready > 0 and not s.failure do
+      local entry = table.remove(s.ready, 1)
+      resume_task(entry.task, table.unpack(entry.values, 1, entry.values.n))
+    end
+    if s.failure or s.live == 0 then return end
+    local tickets = blocked_tickets(s)
+    if #tickets == 0 then
+      s.failure = {outcome = "error",
+        message = "every task is waiting for another task to end: they would wait for each other forever"}
+      return
+    end
+    local collected = table.pack(bridge.collect(tickets))
+    local task = s.blocked[collected[1]]
+    s.blocked[collected[1]], task.ticket = nil, nil
+    make_ready(task, table.pack(table.unpack(collected, 2, collected.n)))
+  end
+end
+
+-- Runs fn as task 1 of a new scope until all its tasks end: true and fn's results, or false and the
+-- failure (the report table on_error makes) of the first task that failed.
+local function run_scope(fn, ...)
+  local outer = scope
+  scope = {tasks = {}, ready = {}, blocked = {}, live = 0}
+  local s = scope
+  local root = new_task(fn, nil)
+  make_ready(root, table.pack(...))
+  local ok, err = pcall(schedule, s)
+  if not ok then s.failure = s.failure or unhandled(err) end
+  if s.failure then cancel(s) end
+  scope = outer
+  if s.failure then return false, s.failure end
+  return true, table.unpack(root.results, 1, root.results.n)
+end
+
+-- The running task of the running scope, when it may yield to the scheduler; else nil.
+local function yielding_task()
+  local task = scope and scope.running
+  if task and scope.live > 1 and not bridge.listing and co_isyieldable() then return task end
+end
+
+-- A task's op queued by bridge.start (answer: true, ticket, what), awaited: its values, or its error.
+local function await(method, started)
+  if not started[1] then return answer(method, started) end
+  return answer(method, table.pack(co_yield(SCHED, "op", started[2])))
+end
+
+function guest(method, name, handle, ...)
+  if scope and scope.failure then error(Cancelled, 0) end
+  if yielding_task() then return await(method, table.pack(bridge.start(name, handle, ...))) end
+  return call(method, bridge.guest, name, handle, ...)
+end
+
+function sleep(method, seconds)
+  if scope and scope.failure then error(Cancelled, 0) end
+  if yielding_task() then return await(method, table.pack(bridge.timer(seconds))) end
+  return call(method, bridge.sleep, seconds)
+end
+
+local function where_called()
+  return caller_line() or "?"
+end
+
+-- Starts fn in a new task of the running scope and runs it until it first waits; its Task.
+local function go(method, fn, ...)
+  if not (scope and scope.running) then
+    error(method .. ": tasks can only be started by a test, a file's top level or a fixture script", 3)
+  end
+  local task = new_task(fn, where_called())
+  resume_task(task, ...)
+  if scope.failure then error(Cancelled, 0) end
+  local handle = setmetatable({}, Task)
+  tasks_of[handle] = task
+  return handle
+end
+
+-- The task's results, once it has ended (a task that fails fails the test: its waiters never resume).
+function Task:wait()
+  local task = getmt(self) == Task and tasks_of[self]
+  if not task then error("t:wait: call it with ':' on a task (t:wait())", 2) end
+  if task.scope ~= scope then
+    error("t:wait: the task was started by another test (a task belongs to the test that started it)", 2)
+  end
+  if not task.done then
+    if scope.running == task then error("t:wait: a task cannot wait for itself", 2) end
+    if not co_isyieldable() or not scope.running then
+      error("t:wait: cannot wait here (inside a metamethod or a function called by C code)", 2)
+    end
+    co_yield(SCHED, "join", task)
+  end
+  return table.unpack(task.results, 1, task.results.n)
+end
+
+function provium.go(fn, ...)
+  check("provium.go", 1, "fn", fn, "function")
+  return go("provium.go", fn, ...)
+end
+
+function provium.all(...)
+  local n = select("#", ...)
+  for i = 1, n do check("provium.all", i, "fn", (select(i, ...)), "function") end
+  local tasks, results = {}, {}
+  for i = 1, n do tasks[i] = go("provium.all", (select(i, ...))) end
+  for i = 1, n do results[i] = table.pack(Task.wait(tasks[i])) end
+  return results
+end
+
+function provium.sleep(seconds)
+  check("provium.sleep", 1, "seconds", seconds, "number")
+  if seconds < 0 or seconds ~= seconds then error("provium.sleep: seconds must be 0 or more, got " .. seconds, 2) end
+  sleep("provium.sleep", seconds)
 end
 
 function test(name, opts, fn)
@@ -766,7 +1001,7 @@ function test(name, opts, fn)
     return
   end
   current_test = name
-  local ok, result = xpcall(fn, on_error)
+  local ok, result = run_scope(fn)
   reset_deadline_hook()
   current_test = nil
   if ok then
@@ -874,10 +1109,20 @@ local function sandbox_create(fn)
   return co
 end
 
+-- resume for test files: a task's op inside a coroutine of the test's own yields to the scheduler
+-- through it (the coroutine's resumer waits for the op with it), never to its resumer.
+local function sandbox_resume(co, ...)
+  local results = table.pack(co_resume(co, ...))
+  while results[1] and results[2] == SCHED and co_status(co) == "suspended" do
+    results = table.pack(co_resume(co, co_yield(table.unpack(results, 2, results.n))))
+  end
+  return table.unpack(results, 1, results.n)
+end
+
 local function sandbox_wrap(fn)
   local co = sandbox_create(fn)
   return function(...)
-    local results = table.pack(co_resume(co, ...))
+    local results = table.pack(sandbox_resume(co, ...))
     if not results[1] then error(results[2], 2) end
     return table.unpack(results, 2, results.n)
   end
@@ -885,7 +1130,7 @@ end
 
 local coroutine_view = {}
 for key, value in pairs(coroutine) do coroutine_view[key] = value end
-coroutine_view.create, coroutine_view.wrap = sandbox_create, sandbox_wrap
+coroutine_view.create, coroutine_view.wrap, coroutine_view.resume = sandbox_create, sandbox_wrap, sandbox_resume
 
 local string_view = {}
 for key, value in pairs(string) do string_view[key] = value end
@@ -926,7 +1171,7 @@ return function(source, chunkname)
     return {outcome = "error", message = message}, nil
   end
   reset_deadline_hook()
-  local ok, result = xpcall(chunk, on_error)
+  local ok, result = run_scope(chunk)
   sethook()
   expired_message = nil
   if not ok then return type(result) == "table" and result or unhandled(result), nil end
