@@ -3,16 +3,23 @@
  * provium_kv.c: a small key-value character device written for Provium's
  * kernel-module CI example. /dev/provium_kv holds 16 u64 values (ioctls) and
  * one blob of up to 256 bytes (write/read), behind one mutex.
+ *
+ * Every change (PKV_SET, PKV_XCHG, write) advances a generation counter and
+ * wakes its waiters. Each open file remembers the generation it has seen (at
+ * open, then at each PKV_WAIT): poll reports EPOLLIN while there is a newer
+ * one, and PKV_WAIT blocks until there is, for tests of concurrent users.
  */
 #include <linux/fs.h>
 #include <linux/list.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/poll.h>
 #include <linux/refcount.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/uaccess.h>
+#include <linux/wait.h>
 
 #include "provium_kv.h"
 
@@ -25,6 +32,25 @@ static u64 pkv_values[PKV_KEYS];
 static unsigned long pkv_present; /* bit per key */
 static char pkv_blob[PKV_BLOB_MAX];
 static size_t pkv_blob_len;
+static u64 pkv_gen; /* changes so far, read locklessly by waiters */
+static DECLARE_WAIT_QUEUE_HEAD(pkv_wq);
+
+struct pkv_file {
+	u64 seen; /* the pkv_gen this file last saw */
+};
+
+/* Called with pkv_lock held after each change. */
+static void pkv_changed(void)
+{
+	lockdep_assert_held(&pkv_lock);
+	WRITE_ONCE(pkv_gen, pkv_gen + 1);
+	wake_up_interruptible(&pkv_wq);
+}
+
+static bool pkv_unseen(struct pkv_file *pf)
+{
+	return READ_ONCE(pkv_gen) != READ_ONCE(pf->seen);
+}
 
 /*
  * The deliberately broken debug ioctls: each is one kind of bug a debug kernel
@@ -135,6 +161,22 @@ static long pkv_debug_ioctl(unsigned int cmd, unsigned long arg)
 	}
 }
 
+static long pkv_wait(struct file *file, void __user *uarg)
+{
+	struct pkv_file *pf = file->private_data;
+	u64 gen;
+
+	if (!pkv_unseen(pf) && (file->f_flags & O_NONBLOCK))
+		return -EAGAIN;
+	if (wait_event_interruptible(pkv_wq, pkv_unseen(pf)))
+		return -ERESTARTSYS;
+	mutex_lock(&pkv_lock);
+	gen = pkv_gen;
+	WRITE_ONCE(pf->seen, gen);
+	mutex_unlock(&pkv_lock);
+	return copy_to_user(uarg, &gen, sizeof(gen)) ? -EFAULT : 0;
+}
+
 static long pkv_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	void __user *uarg = (void __user *)arg;
@@ -154,6 +196,7 @@ static long pkv_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		old = pkv_values[e.key];
 		pkv_values[e.key] = e.value;
 		set_bit(e.key, &pkv_present);
+		pkv_changed();
 		mutex_unlock(&pkv_lock);
 		pr_info("provium_kv: set key %u\n", e.key);
 		if (cmd == PKV_XCHG) {
@@ -182,6 +225,8 @@ static long pkv_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		}
 		mutex_unlock(&pkv_lock);
 		return ret;
+	case PKV_WAIT:
+		return pkv_wait(file, uarg);
 	default:
 		if (cmd >= PKV_DEBUG_WARN && cmd <= PKV_DEBUG_LIST)
 			return pkv_debug_ioctl(cmd, arg);
@@ -199,6 +244,7 @@ static ssize_t pkv_write(struct file *file, const char __user *buf, size_t len, 
 		return -EFAULT;
 	}
 	pkv_blob_len = len;
+	pkv_changed();
 	mutex_unlock(&pkv_lock);
 	pr_info("provium_kv: stored a blob of %zu bytes\n", len);
 	return len;
@@ -214,9 +260,37 @@ static ssize_t pkv_read(struct file *file, char __user *buf, size_t len, loff_t 
 	return ret;
 }
 
+static __poll_t pkv_poll(struct file *file, poll_table *wait)
+{
+	poll_wait(file, &pkv_wq, wait);
+	return pkv_unseen(file->private_data) ? EPOLLIN | EPOLLRDNORM : 0;
+}
+
+static int pkv_open(struct inode *inode, struct file *file)
+{
+	struct pkv_file *pf = kmalloc(sizeof(*pf), GFP_KERNEL);
+
+	if (!pf)
+		return -ENOMEM;
+	mutex_lock(&pkv_lock);
+	pf->seen = pkv_gen;
+	mutex_unlock(&pkv_lock);
+	file->private_data = pf;
+	return 0;
+}
+
+static int pkv_release(struct inode *inode, struct file *file)
+{
+	kfree(file->private_data);
+	return 0;
+}
+
 static const struct file_operations pkv_fops = {
 	.owner = THIS_MODULE,
+	.open = pkv_open,
+	.release = pkv_release,
 	.unlocked_ioctl = pkv_ioctl,
+	.poll = pkv_poll,
 	.read = pkv_read,
 	.write = pkv_write,
 	.llseek = default_llseek,

@@ -26,6 +26,14 @@ struct pkv_blob_req {      /* 16 bytes: a user-space pointer to a buffer */
 #define PKV_BLOB  _IOWR('k', 4, struct pkv_blob_req) /* copy the stored blob to buf */
 
 /*
+ * Each change (PKV_SET, PKV_XCHG, write) advances a generation counter. An open
+ * file remembers the generation it has seen: the one at open, then the one its
+ * last PKV_WAIT returned. poll reports EPOLLIN while a newer one exists, and
+ * PKV_WAIT blocks until one does (-EAGAIN at once on an O_NONBLOCK file).
+ */
+#define PKV_WAIT  _IOR('k', 5, __u64)                /* wait for a newer generation, get it */
+
+/*
  * Deliberately broken ioctls, for testing the harness's kernel-finding watch:
  * PKV_DEBUG_WARN to PKV_DEBUG_LIST. They answer -EPERM unless the module is
  * loaded with debug_ioctls=1. Each is one bug a debug kernel reports.
