@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -56,7 +57,8 @@ static char **exec_env(void)
 }
 
 /* In the forked child: only async-signal-safe calls until execve. */
-static void __attribute__((noreturn)) exec_child(const char *cmd, char **env, int out_w, int err_w)
+static void __attribute__((noreturn)) exec_child(const char *cmd, char **env, int out_w, int err_w,
+						 pid_t parent)
 {
 	static const char msg[] = "provium-agent: cannot execute /bin/sh\n";
 	char *argv[] = { "sh", "-c", (char *)cmd, NULL };
@@ -65,6 +67,9 @@ static void __attribute__((noreturn)) exec_child(const char *cmd, char **env, in
 	int o, e, nul;
 
 	setsid();
+	/* killed with the worker that started it (a worker killed by the host cannot clean up) */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+		_exit(137);
 	memset(&dfl, 0, sizeof(dfl));
 	dfl.sa_handler = SIG_DFL;
 	for (int sig = 1; sig < NSIG; sig++)
@@ -91,6 +96,7 @@ int child_start(struct child *ch, struct conn *c, const char *op, const char *cm
 {
 	int outp[2] = { -1, -1 }, errp[2] = { -1, -1 };
 	char **env = exec_env();
+	pid_t parent;
 	int ret = -1;
 
 	*ch = (struct child){
@@ -106,13 +112,14 @@ int child_start(struct child *ch, struct conn *c, const char *op, const char *cm
 		reply_errno(c, op, "pipe", errno);
 		goto out;
 	}
+	parent = getpid();
 	ch->pid = fork();
 	if (ch->pid < 0) {
 		reply_errno(c, op, "fork", errno);
 		goto out;
 	}
 	if (ch->pid == 0)
-		exec_child(cmd, env, outp[1], errp[1]);
+		exec_child(cmd, env, outp[1], errp[1], parent);
 	ch->out.fd = outp[0];
 	ch->err.fd = errp[0];
 	outp[0] = errp[0] = -1;
