@@ -46,7 +46,8 @@ class _Pending:
 
 class AgentClient:
     """watch: called about every WATCH_INTERVAL seconds of silence while waiting; what it raises fails every
-    request in flight (the crash watch: a guest that panicked answers nothing more)."""
+    request in flight (the crash watch: a guest that panicked answers nothing more). abandon() fails the
+    requests of a channel from another thread within WATCH_INTERVAL."""
 
     def __init__(self, sock: socket.socket, watch: Callable[[], None] | None = None) -> None:
         self._sock = sock
@@ -100,6 +101,7 @@ class AgentClient:
         """Fail the requests in flight on `channel` with `error` (its worker was ended from here)."""
         with self._cond:
             self._fail(error, channel)
+            self._cond.notify_all()
 
     def _send(self, channel, message):
         try:
@@ -121,7 +123,7 @@ class AgentClient:
                 self._reading = True
                 self._cond.release()
                 try:
-                    frames, error = self._read(min(remaining, WATCH_INTERVAL) if self._watch else remaining)
+                    frames, error = self._read(min(remaining, WATCH_INTERVAL))  # then it sees an abandon
                 finally:
                     self._cond.acquire()
                     self._reading = False
