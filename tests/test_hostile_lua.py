@@ -184,3 +184,41 @@ def test_sigterm_stops_a_pcall_loop(suite):
     out, _ = process.communicate(timeout=20)
     assert process.returncode == 130, out
     assert "interrupted" in out
+
+
+def test_a_test_cannot_drive_the_task_scheduler_by_hand(suite):
+    suite.write("tasks.lua", """\
+        test("resumes a task", function()
+          local me = coroutine.running()
+          local t = provium.go(function() provium.sleep(0.1) local ok, err = coroutine.resume(me, "fake") error(err) end)
+          provium.sleep(0.3)
+        end)
+        test("closes a task", function() coroutine.close(coroutine.running()) end)
+        test("yields in its body", function() coroutine.yield(1) end)
+        test("yields in a task", function() provium.all(function() coroutine.yield(1) end) end)
+        test("waits for itself", function()
+          local t
+          t = provium.go(function() provium.sleep(0.1) t:wait() end)
+          t:wait()
+        end)
+        test("waits in a metamethod", function()
+          local x = setmetatable({}, {__tostring = function() provium.all(function() end) return "x" end})
+          print(tostring(x))
+        end)
+        test("still runs tasks", function() assert_eq(200, provium.all(function() return table.unpack({}, 1, 200) end)[1].n) end)
+        """)
+    result, ends = run_json(suite, "tasks.lua")
+    messages = {name: (end["outcome"], end["message"]) for name, end in ends.items()}
+    assert messages == {
+        "resumes a task": ("error", "coroutine.resume: a task's coroutine is resumed by provium only"),
+        "closes a task": ("error", "coroutine.close: a task's coroutine is closed by provium only"),
+        "yields in its body": ("error", "coroutine.yield outside a coroutine: a task (and a test) can only yield "
+                                        "inside coroutine.create"),
+        "yields in a task": ("error", "coroutine.yield outside a coroutine: a task (and a test) can only yield "
+                                      "inside coroutine.create"),
+        "waits for itself": ("error", "t:wait: a task cannot wait for itself"),
+        "waits in a metamethod": ("error", "provium.all: cannot wait here (inside a metamethod or a function called "
+                                           "by C code)"),
+        "still runs tasks": ("passed", ""),
+    }, messages
+    assert ends["waits for itself"]["where"] == "tasks.lua:10"

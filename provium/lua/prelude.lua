@@ -765,11 +765,13 @@ local tasks_of = setmetatable({}, {__mode = "k"}) -- handle -> its task (kept ou
 Task.__tostring = function(self) return "Task<started at " .. tasks_of[self].started_at .. ">" end
 
 local scope = nil -- the running scope: {tasks, ready, blocked = {[ticket] = task}, live, running, failure}
+local task_coroutines = setmetatable({}, {__mode = "k"}) -- only the scheduler resumes or closes these
 
 -- A task: {scope, co, started_at (file:line; nil for task 1), waiters, ticket, done, results}.
 local function new_task(fn, started_at)
   local task = {scope = scope, started_at = started_at, waiters = {}}
   task.co = co_create(function(...) return xpcall(fn, on_error, ...) end)
+  task_coroutines[task.co] = true
   sethook(task.co, deadline_hook, "", HOOK_EVERY)
   scope.tasks[#scope.tasks + 1] = task
   scope.live = scope.live + 1
@@ -839,7 +841,7 @@ local function cancel(s)
   local started, tickets = {}, blocked_tickets(s)
   for _, task in ipairs(s.tasks) do
     if not task.done then
-      started[#started + 1] = task.started_at
+      if task ~= s.failed then started[#started + 1] = task.started_at end
       task.done = true
       co_close(task.co)
     end
@@ -960,6 +962,9 @@ end
 function provium.all(...)
   local n = select("#", ...)
   for i = 1, n do check("provium.all", i, "fn", (select(i, ...)), "function") end
+  if n > 0 and not co_isyieldable() then
+    error("provium.all: cannot wait here (inside a metamethod or a function called by C code)", 2)
+  end
   local tasks, results = {}, {}
   for i = 1, n do tasks[i] = go("provium.all", (select(i, ...))) end
   for i = 1, n do results[i] = table.pack(Task.wait(tasks[i])) end
@@ -1112,6 +1117,7 @@ end
 -- resume for test files: a task's op inside a coroutine of the test's own yields to the scheduler
 -- through it (the coroutine's resumer waits for the op with it), never to its resumer.
 local function sandbox_resume(co, ...)
+  if task_coroutines[co] then error("coroutine.resume: a task's coroutine is resumed by provium only", 2) end
   local results = table.pack(co_resume(co, ...))
   while results[1] and results[2] == SCHED and co_status(co) == "suspended" do
     results = table.pack(co_resume(co, co_yield(table.unpack(results, 2, results.n))))
@@ -1131,6 +1137,10 @@ end
 local coroutine_view = {}
 for key, value in pairs(coroutine) do coroutine_view[key] = value end
 coroutine_view.create, coroutine_view.wrap, coroutine_view.resume = sandbox_create, sandbox_wrap, sandbox_resume
+coroutine_view.close = function(co)
+  if task_coroutines[co] then error("coroutine.close: a task's coroutine is closed by provium only", 2) end
+  return co_close(co)
+end
 
 local string_view = {}
 for key, value in pairs(string) do string_view[key] = value end
