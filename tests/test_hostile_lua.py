@@ -221,4 +221,4 @@ def test_a_test_cannot_drive_the_task_scheduler_by_hand(suite):
                                            "by C code)"),
         "still runs tasks": ("passed", ""),
     }, messages
-    assert ends["waits for itself"]["where"] == "tasks.lua:10"
+    assert ends["waits for itself"]["where"] == "tasks.lua:11"
