@@ -12,6 +12,7 @@ every request in flight; an event on a channel fails the requests on it.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -90,9 +91,10 @@ class AgentClient:
                 raise self._broken
             request_id, self._next_id = self._next_id, self._next_id + 1
             self._pending[request_id] = waiter = _Pending(channel, op)
+        deadline = time.monotonic() + timeout
         try:
-            self._send(channel, {"id": request_id, "op": op, **fields})
-            return self._await(waiter, time.monotonic() + timeout, f"op {op!r}")
+            self._send(channel, {"id": request_id, "op": op, **fields}, deadline, op)
+            return self._await(waiter, deadline, f"op {op!r}")
         finally:
             with self._cond:
                 self._pending.pop(request_id, None)
@@ -103,12 +105,27 @@ class AgentClient:
             self._fail(error, channel)
             self._cond.notify_all()
 
-    def _send(self, channel, message):
-        try:
-            with self._send_lock:
-                self._sock.sendall(protocol.encode(channel, message))
-        except OSError as exc:
-            raise ConnectionLost(f"agent connection lost while sending: {exc.strerror or exc}") from None
+    def _send(self, channel: int, message: dict[str, Any], deadline: float, op: str) -> None:
+        """Send one frame by `deadline`. The socket stays blocking with no timeout of its own (readers wait with
+        select), so a send never inherits a read's short wait; a frame cut off by the deadline breaks the
+        connection, as the agent would misread what follows it."""
+        frame = protocol.encode(channel, message)
+        data = memoryview(frame)
+        with self._send_lock:
+            while data:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if len(data) < len(frame):
+                        self._broken = ProtocolError(f"op {op!r}: the guest stopped reading in the middle of a request")
+                    raise DeadlineError(f"op {op!r}: the guest did not take the request within the deadline")
+                try:
+                    select.select([], [self._sock], [], min(remaining, WATCH_INTERVAL))
+                    data = data[self._sock.send(data, socket.MSG_DONTWAIT):]
+                except BlockingIOError:
+                    continue
+                except (OSError, ValueError) as exc:  # ValueError: the socket was closed meanwhile
+                    raise ConnectionLost(f"agent connection lost while sending: "
+                                         f"{getattr(exc, 'strerror', None) or exc}") from None
 
     def _await(self, waiter: _Pending, deadline: float, what: str) -> dict[str, Any]:
         """The waiter's reply: waits while another thread reads, reads when nobody does."""
@@ -140,19 +157,21 @@ class AgentClient:
         """(frames, error) from one read of at most `timeout` seconds (the watch runs when nothing came)."""
         if self._broken:
             return [], self._broken
-        self._sock.settimeout(timeout)
         try:
-            data = self._sock.recv(1 << 20)
-        except socket.timeout:
+            readable, _, _ = select.select([self._sock], [], [], timeout)
+            data = self._sock.recv(1 << 20, socket.MSG_DONTWAIT) if readable else None
+        except BlockingIOError:
+            return [], None
+        except (OSError, ValueError) as exc:  # ValueError: the socket was closed meanwhile
+            self._broken = ConnectionLost(f"agent connection lost: {getattr(exc, 'strerror', None) or exc}")
+            return [], self._broken
+        if data is None:
             try:
                 if self._watch:
                     self._watch()
             except Exception as exc:  # noqa: BLE001 - what the watch found fails the requests in flight
                 return [], exc
             return [], None
-        except OSError as exc:
-            self._broken = ConnectionLost(f"agent connection lost: {exc.strerror or exc}")
-            return [], self._broken
         if not data:
             self._broken = ConnectionLost("agent connection closed")
             return [], self._broken

@@ -114,3 +114,17 @@ def test_what_the_watch_raises_fails_every_request_in_flight(pair):
     for result in waiting:
         with pytest.raises(AgentError, match="kernel panic"):
             result()
+
+
+def test_a_large_request_waits_for_a_guest_that_reads_late_while_another_thread_reads(pair):
+    # a read waits in short steps (for the watch); a send must not inherit them
+    host, guest = pair
+    client = AgentClient(host, watch=lambda: None)
+    pending = in_thread(client.request, 2, "ping", T)
+    (_, ping), = read_requests(guest, 1)
+    big = in_thread(lambda: client.request(3, "write_file", T, data=bytes(1024 * 1024)))
+    threading.Event().wait(0.6)  # the guest is busy: the host's socket buffer fills
+    (_, write), = read_requests(guest, 1)
+    guest.sendall(protocol.encode(3, {"id": write["id"]}) + protocol.encode(2, {"id": ping["id"]}))
+    assert big()["id"] == write["id"]
+    assert pending()["id"] == ping["id"]
