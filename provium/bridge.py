@@ -212,8 +212,8 @@ def describe_call(name: str, args: tuple) -> str:
     shown = []
     for arg in args:
         if isinstance(arg, bytes):
-            value = arg.decode("utf-8", "replace")
-            shown.append(json.dumps(value if len(value) <= 60 else value[:57] + "..."))
+            value = arg[:240].decode("utf-8", "replace")  # a bounded prefix: a 16 MiB write costs nothing here
+            shown.append(json.dumps(value if len(value) <= 60 and len(arg) <= 240 else value[:57] + "..."))
         elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
             shown.append(str(arg))
     return f"{name}({', '.join(shown)})"
