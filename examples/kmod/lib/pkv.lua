@@ -24,7 +24,7 @@ M.DEBUG_LIST = ioc(0, "k", 23, 0)                   -- list_add on a corrupted l
 M.KEYS, M.BLOB_MAX = 16, 256
 M.DEVICE = "/dev/provium_kv"
 
-M.SYS = {read = 0, write = 1, close = 3, poll = 7, lseek = 8, openat = 257} -- x86_64
+M.SYS = {read = 0, write = 1, close = 3, poll = 7, lseek = 8, ioctl = 16, openat = 257} -- x86_64
 M.EPERM, M.EAGAIN, M.EFAULT, M.EINVAL, M.ENOTTY = 1, 11, 14, 22, 25
 M.O_NONBLOCK, M.POLLIN = 0x800, 1
 

@@ -1,7 +1,7 @@
 -- x86-64 syscall numbers, errno values and constants the security tests use.
 return {
-  nr = {read = 0, write = 1, open = 2, close = 3, socket = 41, getpid = 39, getppid = 110,
-        capget = 125, capset = 126, prctl = 157, gettid = 186, openat = 257,
+  nr = {read = 0, write = 1, open = 2, close = 3, pread64 = 17, pwrite64 = 18, socket = 41, getpid = 39,
+        getppid = 110, capget = 125, capset = 126, prctl = 157, gettid = 186, openat = 257,
         landlock_create_ruleset = 444, landlock_add_rule = 445, landlock_restrict_self = 446},
   errno = {EPERM = 1, ENOENT = 2, EXDEV = 18, EINVAL = 22, EACCES = 13},
   AT_FDCWD = -100,
