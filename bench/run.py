@@ -16,6 +16,7 @@ import fixtures  # noqa: E402
 import kernels  # noqa: E402
 import modules  # noqa: E402
 import ops  # noqa: E402
+import overlap  # noqa: E402
 import parallel  # noqa: E402
 import peers  # noqa: E402
 
@@ -33,6 +34,8 @@ def main():
     debug.main(["--quick"] if quick else ["--runs", "7"])
     print()
     ops.main(["--iterations", "20" if quick else "300"])
+    print()
+    overlap.main(["--n", "20", "--rounds", "2"] if quick else [])
     print()
     fixtures.main(["--runs", "2" if quick else "9"])
     print()
