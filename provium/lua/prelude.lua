@@ -759,6 +759,7 @@ end
 -- ends when every task has ended: a test waits for the tasks it started and did not wait for.
 local co_yield, co_status, co_close, co_isyieldable = coroutine.yield, coroutine.status, coroutine.close,
   coroutine.isyieldable
+local SCHED = {} -- first value of a task's yield to its scheduler (passed up through the test's coroutines)
 local Task = {__metatable = false} -- what provium.go returns: a handle with :wait()
 Task.__index = Task
 local tasks_of = setmetatable({}, {__mode = "k"}) -- handle -> its task (kept out of the test's reach)
