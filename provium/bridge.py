@@ -242,25 +242,37 @@ class Bridge:
         self.values: LuaValues | None = None  # set by the prelude's first call (it hands over `wrap`)
         self._ops = {op.name: op for op in GUEST_OPS}
         self._started: dict[int, tuple[GuestOp | None, str]] = {}  # each ticket not collected: (op, the call)
+        self._identity = runtime.eval("function(value) return value end")  # made, so called, on the main thread
 
     def table(self, functions: dict[str, tuple[Callable, tuple | None]], constants: dict[str, object]):
         """The bridge: `functions` {name: (fn, inert values or None to run it even when listing)}, the
         guest op functions `guest` (run now), `start`, `collect` and `cancel` (run on lanes), the row list
-        `guest_ops` and plain `constants`."""
-        bridge = self.runtime.table_from({
-            name.encode(): self._guarded(name, fn, inert) for name, (fn, inert) in functions.items()})
-        bridge[b"guest"] = self._guest
-        bridge[b"start"] = self._start
-        bridge[b"collect"] = self._collect
-        bridge[b"cancel"] = self._guarded("cancel", self._cancel, None)
-        bridge[b"sleep"] = self._guarded("sleep", self._sleep, ())
-        bridge[b"timer"] = self._guarded("sleep", self._timer, None)
+        `guest_ops` and plain `constants`. Every Python function in it is entered through `_in_main_state`."""
+        entries = {name: self._guarded(name, fn, inert) for name, (fn, inert) in functions.items()} | {
+            "guest": self._guest, "start": self._start, "collect": self._collect,
+            "cancel": self._guarded("cancel", self._cancel, None), "sleep": self._guarded("sleep", self._sleep, ()),
+            "timer": self._guarded("sleep", self._timer, None), "set_wrap": self._set_wrap,
+            "listing": self.listing} | constants
+        bridge = self.runtime.table_from({name.encode(): self._in_main_state(value) if callable(value) else value
+                                          for name, value in entries.items()})
         bridge[b"guest_ops"] = self.runtime.table_from([op.name.encode() for op in GUEST_OPS if op.method])
-        bridge[b"set_wrap"] = self._set_wrap
-        bridge[b"listing"] = self.listing
-        for name, value in constants.items():
-            bridge[name.encode()] = value
         return bridge
+
+    def _in_main_state(self, fn: Callable) -> Callable:
+        """fn, called with its Lua tables and functions rebound to the runtime's main Lua thread.
+
+        lupa binds a Lua value handed to Python to the Lua thread that handed it over, and releases it there. A
+        test body is a coroutine (a task): once it has ended and been collected, releasing a value it handed over
+        touches freed memory, and the harness crashes (lupa issue #84). A value can outlive its call here: in
+        the traceback of an error a VM keeps (a kernel finding). Rebound, it is released on the main thread,
+        which lives as long as the runtime."""
+        def rebound(value: object) -> object:
+            return value if value is None or isinstance(value, (bytes, int, float)) else self._identity(value)
+
+        def entered(*args):
+            args = tuple(map(rebound, args))
+            return fn(*args)
+        return entered
 
     def close(self) -> None:
         self.lanes.close()
