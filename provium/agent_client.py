@@ -8,10 +8,13 @@ merged as docs/protocol.md says; replies to requests nobody waits for any
 more (they timed out) and hello events are skipped. What ends the connection
 (it closes, the agent sends garbage or restarts, the crash watch raises) fails
 every request in flight; an event on a channel fails the requests on it.
+Events of a channel somebody listens to (a terminal session's output) are kept
+for next_event, which reads like a request does.
 """
 
 from __future__ import annotations
 
+import collections
 import select
 import socket
 import threading
@@ -61,6 +64,8 @@ class AgentClient:
         self._hello: _Pending | None = None  # wait_hello's, until the hello event arrives
         self._next_id = 1
         self._broken: ProtocolError | None = None  # garbage or a closed connection: nothing more can be read
+        self._events: dict[int, collections.deque] = {}  # the listened channels' events, oldest first
+        self._event_errors: dict[int, BaseException] = {}  # what ended a listened channel
         self.agent_name: str | None = None
 
     def close(self) -> None:
@@ -128,12 +133,44 @@ class AgentClient:
                                          f"{getattr(exc, 'strerror', None) or exc}") from None
 
     def _await(self, waiter: _Pending, deadline: float, what: str) -> dict[str, Any]:
-        """The waiter's reply: waits while another thread reads, reads when nobody does."""
+        """The waiter's reply."""
+        if not self._wait_for(lambda: waiter.done, deadline):
+            raise DeadlineError(f"{what} did not answer within the deadline")
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.reply
+
+    def listen(self, channel: int) -> None:
+        """Keep the events of `channel` for next_event, from now until unlisten."""
         with self._cond:
-            while not waiter.done:
+            self._events[channel] = collections.deque()
+            self._event_errors.pop(channel, None)
+
+    def unlisten(self, channel: int) -> None:
+        with self._cond:
+            self._events.pop(channel, None)
+            self._event_errors.pop(channel, None)
+
+    def next_event(self, channel: int, timeout: float) -> dict[str, Any] | None:
+        """The oldest kept event of a listened channel, waiting up to `timeout` seconds (None: none came);
+        what ended the connection or the channel's worker is raised."""
+        events = self._events[channel]
+        self._wait_for(lambda: bool(events) or channel in self._event_errors, time.monotonic() + timeout)
+        with self._cond:
+            if events:
+                return events.popleft()
+            if channel in self._event_errors:
+                raise self._event_errors[channel]
+        return None
+
+    def _wait_for(self, done: Callable[[], bool], deadline: float) -> bool:
+        """Wait until done() (checked under the lock) or the deadline: waits while another thread reads the
+        socket, reads it when nobody does. done() at the end."""
+        with self._cond:
+            while not done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise DeadlineError(f"{what} did not answer within the deadline")
+                    return False
                 if self._reading:
                     self._cond.wait(min(remaining, WATCH_INTERVAL))
                     continue
@@ -149,9 +186,7 @@ class AgentClient:
                     self._deliver(channel, message)
                 if error is not None:
                     self._fail(error)
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.reply
+            return True
 
     def _read(self, timeout: float) -> tuple[list, BaseException | None]:
         """(frames, error) from one read of at most `timeout` seconds (the watch runs when nothing came)."""
@@ -186,6 +221,9 @@ class AgentClient:
         for waiter in [*self._pending.values(), *([self._hello] if self._hello else [])]:
             if not waiter.done and channel in (None, waiter.channel):
                 waiter.error = error
+        for listened in self._events:
+            if channel in (None, listened):
+                self._event_errors.setdefault(listened, error)
 
     def _deliver(self, channel: int, message: dict[str, Any]) -> None:
         """Hand a frame to the request it answers, or act on the event it is."""
@@ -211,6 +249,8 @@ class AgentClient:
 
     def _on_event(self, channel: int, message: dict[str, Any]) -> None:
         event = message.get("event")
+        if channel in self._events:
+            self._events[channel].append(message)
         if event == "hello" and channel == protocol.ROUTER_CHANNEL:
             if self._hello is not None:
                 self._hello.reply = message
