@@ -17,6 +17,9 @@ static const struct op ops[] = {
 	{ "job_wait", op_job_wait },
 	{ "job_kill", op_job_kill },
 	{ "spawn", op_spawn },
+	{ "pty_open", op_pty_open },
+	{ "pty_write", op_pty_write },
+	{ "pty_resize", op_pty_resize },
 };
 
 const struct op *ops_find(const struct request *rq)

@@ -27,5 +27,6 @@ op_fn op_exec;                                /* exec.c */
 op_fn op_syscall;                             /* syscall.c */
 op_fn op_background, op_job_wait, op_job_kill; /* jobs.c */
 op_fn op_spawn;                               /* spawn.c */
+op_fn op_pty_open, op_pty_write, op_pty_resize; /* pty.c */
 
 #endif

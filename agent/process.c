@@ -37,33 +37,44 @@ extern char **environ;
 
 /* ---- starting a shell ---- */
 
-/* environ with PATH replaced by AGENT_PATH; built before fork (no malloc in the child). */
-static char **exec_env(void)
+/* Whether the environment entry var ("NAME=value") is the variable set names ("NAME=value" or "NAME"). */
+static int same_name(const char *var, const char *set)
+{
+	size_t n = strcspn(set, "=");
+
+	return strncmp(var, set, n) == 0 && var[n] == '=';
+}
+
+char **child_env(char **set, size_t n_set)
 {
 	size_t n = 0, k = 0;
 	char **env;
 
 	while (environ && environ[n])
 		n++;
-	env = malloc((n + 2) * sizeof(*env));
+	env = malloc((n + n_set + 2) * sizeof(*env));
 	if (!env)
 		return NULL;
-	for (size_t i = 0; i < n; i++)
-		if (strncmp(environ[i], "PATH=", 5) != 0)
+	for (size_t i = 0; i < n; i++) {
+		int replaced = strncmp(environ[i], "PATH=", 5) == 0;
+
+		for (size_t j = 0; j < n_set && !replaced; j++)
+			replaced = same_name(environ[i], set[j]);
+		if (!replaced)
 			env[k++] = environ[i];
+	}
 	env[k++] = "PATH=" AGENT_PATH;
+	for (size_t j = 0; j < n_set; j++)
+		if (strchr(set[j], '='))
+			env[k++] = set[j];
 	env[k] = NULL;
 	return env;
 }
 
-/* In the forked child: only async-signal-safe calls until execve. */
-static void __attribute__((noreturn)) exec_child(const char *cmd, char **env, int out_w, int err_w)
+void child_reset(void)
 {
-	static const char msg[] = "provium-agent: cannot execute /bin/sh\n";
-	char *argv[] = { "sh", "-c", (char *)cmd, NULL };
 	struct sigaction dfl;
 	sigset_t none;
-	int o, e, nul;
 
 	setsid();
 	/*
@@ -79,7 +90,34 @@ static void __attribute__((noreturn)) exec_child(const char *cmd, char **env, in
 		sigaction(sig, &dfl, NULL); /* fails harmlessly for SIGKILL, SIGSTOP, 32, 33 */
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
+}
 
+void child_exec(char **argv, char **env)
+{
+	static const char msg[] = "provium-agent: cannot execute /bin/sh\n";
+
+	execve("/bin/sh", argv, env);
+	if (write(2, msg, sizeof(msg) - 1) < 0) {
+		/* nothing more to do */
+	}
+	_exit(127);
+}
+
+pid_t child_fork(struct child *ch)
+{
+	ch->pid = fork();
+	if (ch->pid > 0)
+		ch->pidfd = (int)syscall(SYS_pidfd_open, ch->pid, 0);
+	return ch->pid;
+}
+
+/* In the forked child: only async-signal-safe calls until execve. */
+static void __attribute__((noreturn)) exec_child(const char *cmd, char **env, int out_w, int err_w)
+{
+	char *argv[] = { "sh", "-c", (char *)cmd, NULL };
+	int o, e, nul;
+
+	child_reset();
 	/* move the pipe ends above 2 first, in case 0-2 were closed and they got those numbers */
 	o = fcntl(out_w, F_DUPFD_CLOEXEC, 3);
 	e = fcntl(err_w, F_DUPFD_CLOEXEC, 3);
@@ -88,17 +126,13 @@ static void __attribute__((noreturn)) exec_child(const char *cmd, char **env, in
 		_exit(127);
 	if (chdir("/") < 0)
 		_exit(127);
-	execve("/bin/sh", argv, env);
-	if (write(2, msg, sizeof(msg) - 1) < 0) {
-		/* nothing more to do */
-	}
-	_exit(127);
+	child_exec(argv, env);
 }
 
 int child_start(struct child *ch, struct conn *c, const char *op, const char *cmd, int stream)
 {
 	int outp[2] = { -1, -1 }, errp[2] = { -1, -1 };
-	char **env = exec_env();
+	char **env = child_env(NULL, 0);
 	int ret = -1;
 
 	*ch = (struct child){
@@ -114,8 +148,7 @@ int child_start(struct child *ch, struct conn *c, const char *op, const char *cm
 		reply_errno(c, op, "pipe", errno);
 		goto out;
 	}
-	ch->pid = fork();
-	if (ch->pid < 0) {
+	if (child_fork(ch) < 0) {
 		reply_errno(c, op, "fork", errno);
 		goto out;
 	}
@@ -124,7 +157,6 @@ int child_start(struct child *ch, struct conn *c, const char *op, const char *cm
 	ch->out.fd = outp[0];
 	ch->err.fd = errp[0];
 	outp[0] = errp[0] = -1;
-	ch->pidfd = (int)syscall(SYS_pidfd_open, ch->pid, 0);
 	ret = 0;
 out:
 	for (int i = 0; i < 2; i++) {

@@ -1,7 +1,8 @@
 /*
  * process.h: a child shell (`sh -c cmd`) and its two output pipes, for the
  * ops that run commands (exec.c, jobs.c): starting it, reading its pipes,
- * waiting for it with an optional timeout, killing it.
+ * waiting for it with an optional timeout, killing it. The steps of starting
+ * one are shared with the terminal session's shell (pty.c).
  */
 #ifndef PROVIUM_PROCESS_H
 #define PROVIUM_PROCESS_H
@@ -40,6 +41,25 @@ struct child {
  * else kept). 0, or -1 after an error reply on c for op.
  */
 int child_start(struct child *ch, struct conn *c, const char *op, const char *cmd, int stream);
+
+/*
+ * environ with PATH=AGENT_PATH and each of set[0..n_set) applied: "NAME=value"
+ * replaces the variable NAME, "NAME" removes it. NULL when out of memory.
+ * Built before fork (no malloc in the child); free() only the array.
+ */
+char **child_env(char **set, size_t n_set);
+
+/* fork() for ch: in the parent, ch->pid and ch->pidfd (-1 without one) are set. Returns as fork. */
+pid_t child_fork(struct child *ch);
+
+/*
+ * In a forked child: a new session, SIGKILL when the worker that forked it
+ * ends (best effort), default signal dispositions and an empty signal mask.
+ */
+void child_reset(void);
+
+/* In a forked child: execve /bin/sh with argv and env; on failure say so on fd 2 and _exit(127). */
+void child_exec(char **argv, char **env) __attribute__((noreturn));
 
 /*
  * Read once from s (at most EXEC_CHUNK bytes into scratch) and send or keep

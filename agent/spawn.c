@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include "jobs.h"
 #include "ops.h"
+#include "pty.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -130,6 +131,7 @@ static pid_t start_process(struct worker *w, int fd, int *err)
 		close(p[1]);
 		close(w->conn.fd); /* the parent's connection is not ours */
 		jobs_destroy(&w->jobs, w->chunk, 1); /* nor are its jobs: forget them, they are the parent's to kill */
+		pty_destroy(&w->pty, w->chunk, 1); /* nor its terminal session */
 		serve(fd);
 		_exit(0);
 	}

@@ -1,7 +1,7 @@
 /*
- * worker.c: the worker loop: requests and background jobs in one poll, each
- * request dispatched through the ops table (ops.c). No mutable globals:
- * everything is in struct worker.
+ * worker.c: the worker loop: requests, background jobs and the terminal
+ * session in one poll, each request dispatched through the ops table
+ * (ops.c). No mutable globals: everything is in struct worker.
  */
 #define _GNU_SOURCE
 #include "worker.h"
@@ -34,6 +34,7 @@ int worker_init(struct worker *w, int fd)
 void worker_destroy(struct worker *w)
 {
 	jobs_destroy(&w->jobs, w->chunk, 0);
+	pty_destroy(&w->pty, w->chunk, 0);
 	if (w->pending_fd >= 0)
 		close(w->pending_fd);
 	frame_reader_free(&w->rd);
@@ -73,25 +74,27 @@ static void handle(struct worker *w, const struct frame *f)
 
 void worker_loop(struct worker *w)
 {
-	struct pollfd pfd[1 + 3 * MAX_JOBS];
+	struct pollfd pfd[1 + PTY_POLLFDS + 3 * MAX_JOBS];
 	struct frame f;
 
 	while (!w->conn.dead) {
 		ssize_t got;
-		int n;
+		int np, nj;
 
 		while (!w->conn.dead && frame_next(&w->rd, &f))
 			handle(w, &f);
 		if (w->conn.dead)
 			return;
 		pfd[0] = (struct pollfd){ .fd = w->conn.fd, .events = POLLIN };
-		n = 1 + jobs_pollfds(&w->jobs, pfd + 1, 3 * MAX_JOBS);
-		if (poll(pfd, (nfds_t)n, -1) < 0) {
+		np = pty_pollfds(w->pty, pfd + 1);
+		nj = jobs_pollfds(&w->jobs, pfd + 1 + np, 3 * MAX_JOBS);
+		if (poll(pfd, (nfds_t)(1 + np + nj), -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			return;
 		}
-		jobs_service(&w->jobs, w->chunk, pfd + 1, n - 1);
+		pty_service(&w->pty, &w->conn, w->chunk, pfd + 1, np);
+		jobs_service(&w->jobs, w->chunk, pfd + 1 + np, nj);
 		if (!pfd[0].revents)
 			continue;
 		got = frame_fill(&w->rd, w->conn.fd, &w->pending_fd);

@@ -11,6 +11,7 @@
 #include "frame.h"
 #include "jobs.h"
 #include "msgpack.h"
+#include "pty.h"
 #include "reply.h"
 
 #include <stdint.h>
@@ -21,6 +22,7 @@ struct worker {
 	struct frame_reader rd;
 	uint8_t *chunk;          /* CHUNK bytes of I/O buffer */
 	struct jobs jobs;        /* background jobs */
+	struct pty *pty;         /* the terminal session, or NULL */
 	struct mp_value nodes[MP_MAX_NODES];
 };
 
@@ -30,7 +32,7 @@ int worker_init(struct worker *w, int fd);
 /* Serve requests until the connection ends. */
 void worker_loop(struct worker *w);
 
-/* Kill w's jobs and free what worker_init allocated (does not close fd). */
+/* Kill w's jobs and terminal session and free what worker_init allocated (does not close fd). */
 void worker_destroy(struct worker *w);
 
 #endif
