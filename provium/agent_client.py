@@ -152,15 +152,16 @@ class AgentClient:
             self._event_errors.pop(channel, None)
 
     def next_event(self, channel: int, timeout: float) -> dict[str, Any] | None:
-        """The oldest kept event of a listened channel, waiting up to `timeout` seconds (None: none came);
-        what ended the connection or the channel's worker is raised."""
+        """The oldest kept event of a listened channel, waiting up to `timeout` seconds (None: none came).
+        What failed the channel's requests meanwhile (the connection ended, the worker died, the crash watch
+        found a kernel report) is raised, once."""
         events = self._events[channel]
         self._wait_for(lambda: bool(events) or channel in self._event_errors, time.monotonic() + timeout)
         with self._cond:
             if events:
                 return events.popleft()
             if channel in self._event_errors:
-                raise self._event_errors[channel]
+                raise self._event_errors.pop(channel)
         return None
 
     def _wait_for(self, done: Callable[[], bool], deadline: float) -> bool:

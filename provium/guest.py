@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import protocol
+from .agent_client import ConnectionLost
 from .errors import AgentError, ArgumentError, VmStateError
 
 if TYPE_CHECKING:
@@ -89,6 +90,10 @@ class GuestOps:
     def _request(self, op: str, timeout: float | None = None, /, **fields) -> dict:
         raise NotImplementedError
 
+    def _link(self) -> tuple[Vm, int]:
+        """The VM and the agent channel of this process."""
+        raise NotImplementedError
+
     def syscall(self, nr: int, args: list[int] = (), bufs: dict[int, bytes] | None = None,
                 ptrs: list[Pointer] = ()) -> SyscallResult:
         """Raw syscall. bufs: {argument index: bytes}, each replacing that argument with a pointer to a copy."""
@@ -149,6 +154,43 @@ class GuestOps:
             self._request("write_file", path=path, data=chunk, append=index > 0, mode=mode)
 
 
+    def terminal(self, rows: int, cols: int, term: str, prompt: bytes) -> int:
+        """Start an interactive shell on a pseudo-terminal of `rows` x `cols` in this process's context (its
+        credentials, Landlock domain, seccomp filter, cwd and open descriptors); its pid. Its output and its
+        end arrive as terminal_event()s. One at a time per process."""
+        vm, channel = self._link()
+        if vm.state != "running":
+            raise VmStateError(f"VM {vm.name!r} is not running ({vm.state}): cannot open a terminal")
+        vm.client.listen(channel)
+        try:
+            return self._request("pty_open", rows=rows, cols=cols, term=term, prompt=prompt)["pid"]
+        except BaseException:
+            vm.client.unlisten(channel)
+            raise
+
+    def terminal_event(self, timeout: float) -> dict | None:
+        """The terminal's next event within `timeout` seconds: {"event": "pty_output", "data": bytes} or
+        {"event": "pty_exit", "exit_code": int}; None when none came. What failed the process's ops meanwhile
+        (the VM died, a kernel report) is raised."""
+        vm, channel = self._link()
+        try:
+            return vm.client.next_event(channel, timeout)
+        except ConnectionLost:
+            raise vm._lost("the terminal") from None
+
+    def terminal_write(self, data: bytes) -> None:
+        """Type `data` into the terminal."""
+        self._request("pty_write", data=data)
+
+    def terminal_resize(self, rows: int, cols: int) -> None:
+        self._request("pty_resize", rows=rows, cols=cols)
+
+    def terminal_closed(self) -> None:
+        """Stop keeping the terminal's events (after its pty_exit, or when the session is given up)."""
+        vm, channel = self._link()
+        vm.client.unlisten(channel)
+
+
 class Worker(GuestOps):
     """A guest process (or thread) of its own, created by Vm.spawn."""
 
@@ -163,6 +205,9 @@ class Worker(GuestOps):
         if self.killed:
             raise VmStateError(f"worker {self.tid} was killed: cannot {op}")
         return self.vm._call(self.channel, op, timeout, **fields)
+
+    def _link(self) -> tuple[Vm, int]:
+        return self.vm, self.channel
 
     def kill(self) -> None:
         """End the worker (a thread worker ends when it next waits for a request). An op on it still in

@@ -286,6 +286,9 @@ class Vm(GuestOps):
     def _request(self, op, timeout=None, /, **fields):
         return self._call(protocol.MAIN_CHANNEL, op, timeout, **fields)
 
+    def _link(self):
+        return self, protocol.MAIN_CHANNEL
+
     def _call(self, channel, op, timeout, /, **fields):
         """An op on a channel: timeout None is the VM's op timeout; the thread's deadline clamps it. Ops on
         different channels may run at once from several threads."""
