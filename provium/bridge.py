@@ -239,6 +239,7 @@ class Bridge:
         self.listing = listing
         self.lanes = Lanes()
         self.current: str | None = None  # the call running now (or last), as it reads in Lua
+        self.last_handle: int | None = None  # the VM or worker the last call on one ran on
         self.values: LuaValues | None = None  # set by the prelude's first call (it hands over `wrap`)
         self._ops = {op.name: op for op in GUEST_OPS}
         self._started: dict[int, tuple[GuestOp | None, str]] = {}  # each ticket not collected: (op, the call)
@@ -386,6 +387,8 @@ class Bridge:
         if self.interrupted():
             raise Interrupted()
         self.current = describe_call(label, shown)
+        if handle is not None:
+            self.last_handle = handle
         try:
             return (True, *call())
         except Exception as exc:  # noqa: BLE001 - every error becomes a Lua failure, typed

@@ -5,6 +5,7 @@ usage and configuration errors, 130 when interrupted.
 """
 
 import argparse
+import functools
 import os
 import shutil
 import signal
@@ -12,10 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, config as config_mod, images, kernels, qemu, runner, tempdirs
+from . import __version__, config as config_mod, deadline, images, kernels, qemu, repl, runner, shell, tempdirs
 from .cache import Cache
 from .errors import ConfigError, ProviumError
 from .fixtures import FixtureError, Fixtures
+from .guest import Worker
+from .interactive import Guest, Terminated, add_guest_arguments
 from .lua_runtime import FileOptions, build_fixture
 from .profile_build import Preparer
 from .profile_files import ProfileOrigin
@@ -53,6 +56,9 @@ def build_parser():
     run.add_argument("--json", metavar="FILE", help="write JSON events, one per line")
     run.add_argument("--artifacts", metavar="DIR",
                      help="keep the console logs and a JSON record of every failed test in DIR")
+    run.add_argument("--shell-on-failure", action="store_true",
+                     help="stop at the first failing test and open a shell in the VM or worker it last used, "
+                          "as it failed; leaving the shell ends the run (needs a terminal; runs one file at a time)")
     fixtures = commands.add_parser("fixtures", help="list, build or clean cached fixtures",
                                    description="Manage the fixture cache of the suite.")
     actions = fixtures.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -71,6 +77,15 @@ def build_parser():
     commands.add_parser("profiles", help="the suite's profiles: where each is defined and what it boots",
                         description="List the suite's profiles: where each is defined (built-in, provium.toml, "
                                     "profiles/NAME.yaml) and what it resolves to.")
+    repl.add_arguments(commands.add_parser(
+        "repl", help="a Lua prompt with a booted vm",
+        description="A Lua prompt in the test sandbox, with a guest booted from PROFILE (or resumed from a "
+                    "fixture) bound to vm. Ctrl-D leaves and stops the guest."))
+    add_guest_arguments(commands.add_parser(
+        "shell", help="an interactive shell in a booted guest",
+        description="Boot a guest from PROFILE (or resume a fixture) and open an interactive shell in it on this "
+                    "terminal. exit or Ctrl-D ends the shell and stops the guest; provium exits with the shell's "
+                    "status."))
     return parser
 
 
@@ -120,6 +135,10 @@ def _notice(line):
 def cmd_run(args):
     if args.jobs < 1:
         raise ConfigError(f"-j {args.jobs}: must be at least 1")
+    if args.shell_on_failure and not args.list:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise ConfigError("--shell-on-failure needs a terminal: standard input and output are not one")
+        args.jobs, args.fail_fast = 1, True
     files = runner.discover(args.paths)
     configs = runner.suites(files, config_mod.load())
     runs = runner.items(files, configs, runner.parse_matrix(args.matrix) if args.matrix else None)
@@ -138,7 +157,9 @@ def cmd_run(args):
 
     def options_for(config):
         return FileOptions.for_run(config.run, accel, keyword=args.keyword, collect_only=args.list,
-                                   artifacts=Path(args.artifacts) if args.artifacts else None, preparer=preparer)
+                                   artifacts=Path(args.artifacts) if args.artifacts else None, preparer=preparer,
+                                   on_failure=functools.partial(_shell_on_failure, reporter)
+                                   if args.shell_on_failure else None)
 
     if args.list:
         runner.run(runs, configs, Cache(), reporter, options_for)
@@ -165,6 +186,36 @@ def cmd_run(args):
     if interrupts:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def _shell_on_failure(reporter, result, target):
+    """--shell-on-failure: a shell where the failed test (already reported) left its VM or worker."""
+    if target is None:
+        reporter.notice(f"test {result.name!r} used no VM: there is no shell to open")
+        return
+    where = f"worker {target.tid} of VM {target.vm.name!r}" if isinstance(target, Worker) else f"VM {target.name!r}"
+    reporter.notice(f"a shell in {where}, as test {result.name!r} left it; exit or Ctrl-D ends the run")
+    sys.stdout.write("\r\033[K")  # the live status line
+    sys.stdout.flush()
+    name = f"{target.vm.name}/{target.tid}" if isinstance(target, Worker) else target.name
+    try:
+        with deadline.suspended():  # the test's deadline does not hurry the person at the terminal
+            shell.attach(target, prompt=f"{name}:\\w\\$ ")
+    except ProviumError as exc:
+        reporter.notice(f"the shell ended: {exc}")
+
+
+def cmd_shell(args):
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise ConfigError("provium shell needs a terminal: standard input and output are not one")
+    try:
+        with Guest(args, interrupted=lambda: False) as guest:
+            status = shell.attach(guest.vm, prompt=f"{guest.vm.name}:\\w\\$ ")
+    except KeyboardInterrupt:  # while the guest was starting
+        return EXIT_INTERRUPTED
+    except Terminated as exc:
+        return exc.status
+    return EXIT_FAILED if status is None else status
 
 
 def cmd_fixtures(args):
@@ -269,6 +320,10 @@ def main(argv=None):
             return cmd_kernel(args)
         if args.command == "profiles":
             return cmd_profiles(args)
+        if args.command == "repl":
+            return repl.main(args)
+        if args.command == "shell":
+            return cmd_shell(args)
         return cmd_run(args)
     except ConfigError as exc:
         print(f"provium: {exc}", file=sys.stderr)

@@ -21,10 +21,10 @@ from . import deadline
 from .bridge import Bridge, text
 from .errors import ProviumError, VmStateError
 from .fixtures import BuildResult
-from .guest import GuestOps
+from .guest import GuestOps, Worker
 from .host_files import HostFiles, display_name
 from .profile_build import Prepared, Preparer
-from .results import Outcome, TestResult
+from .results import DETAIL_KEYS, Outcome, TestResult
 from .test_run import TestRun, TestSpec
 from .config import RunSettings
 from .vm import Disk, Timeouts, Vm, accelerator, format_console_tail
@@ -50,6 +50,9 @@ class FileOptions:
     scratch: Path | None = None  # the run's scratch directory: provium.path("@tmp"), where files may write
     preparer: Preparer | None = None  # the run's; None: one of the file's own
     aliases: tuple = ()  # (NAME, PROFILE) pairs: provium.create(NAME) boots PROFILE (a --matrix cell)
+    # called with a failed test's result, once reported, and the VM or worker it last used (None: it used
+    # none), before the test's VMs stop (--shell-on-failure)
+    on_failure: Callable[[TestResult, GuestOps | None], None] | None = None
 
     def __post_init__(self):
         for name, value in _deadlines(RunSettings()).items():  # each one not given
@@ -72,6 +75,15 @@ def _deadlines(run: RunSettings, accel: str | None = None) -> dict:
 def _no_attributes(obj, name, is_setting):
     """lupa's attribute filter: Lua code reaches no attribute of any Python object."""
     raise AttributeError("Python objects are not reachable from test files")
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A chunk typed at a prompt, run (LuaFile.evaluate)."""
+
+    values: tuple[str, ...] = ()  # each value it returned, shown as assertions show values
+    failure: TestResult | None = None  # why it stopped: an error or an assertion, with its file:line and values
+    output: str = ""  # what it printed
 
 
 class LuaFile:
@@ -121,7 +133,7 @@ class LuaFile:
             "max_memory": LUA_MAX_MEMORY})
         boot_prelude = self.runtime.eval(
             "function(src, name, bridge) return assert(load(src, name, 't'))(bridge) end")
-        self._run_source = boot_prelude(PRELUDE.encode(), b"=" + PRELUDE_NAME, table)
+        self._run_source, self._evaluate_source = boot_prelude(PRELUDE.encode(), b"=" + PRELUDE_NAME, table)
 
     # ------------------------------------------------------------ the file
 
@@ -205,6 +217,43 @@ class LuaFile:
         if deadline.expired():
             return self._timed_out([], None).encode()
         return None
+
+    # ------------------------------------------------------------ a prompt (provium repl)
+
+    def open_session(self, source: str, chunkname: str) -> int | None:
+        """Run `source` as the file's chunk; chunks given to evaluate() run in its environment from now on. The
+        handle of the VM it returned (None: it returned none); ProviumError with the message of its failure."""
+        failure, handle = self._run_source(source.encode(), b"=" + chunkname.encode())
+        if failure is not None:
+            raise ProviumError(text(failure[b"message"]) or "interrupted")
+        return handle
+
+    def evaluate(self, source: str, chunkname: str) -> Evaluated | None:
+        """Run a chunk typed at a prompt in open_session's environment, as the standalone `lua` does: as
+        `return <chunk>` when that compiles, else as statements. None when the chunk ends before its syntax
+        does (more lines may complete it): nothing ran."""
+        started = time.monotonic()
+        status, answer = self._evaluate_source(source.encode(), b"=" + chunkname.encode())
+        if status == b"incomplete":
+            return None
+        if status == b"values":
+            return Evaluated(tuple(text(answer[i]) for i in range(1, len(answer) + 1)), output=self._take_output())
+        data = {text(k): text(v) for k, v in answer.items()}
+        failure = TestResult(self.display_name, chunkname, Outcome(data.get("outcome", "error")),
+                             time.monotonic() - started, message=data.get("message") or "",
+                             where=data.get("where") or "", traceback=data.get("traceback") or "",
+                             details={k: data[k] for k in DETAIL_KEYS if data.get(k) is not None})
+        return Evaluated(failure=failure, output=self._take_output())
+
+    def end_open_test(self, message: str) -> None:
+        """End, as an error with `message`, the test the prelude could not end (its Lua was interrupted)."""
+        if self._test is not None:
+            self._end_test({b"outcome": b"error", b"message": message.encode()})
+
+    def close(self) -> None:
+        """Stop every VM the file made and end its lanes (what run() does at its end)."""
+        self._stop(list(self.vms.values()))
+        self.bridge.close()
 
     # ------------------------------------------------------------ VMs and workers
 
@@ -316,6 +365,7 @@ class LuaFile:
         self._allow_warnings(self.vms.values())
         self._output.clear()
         self._stuck.clear()
+        self.bridge.last_handle = None
         self.on_test_start(name)
         reason = self._test.begin(list(self.vms.values()))
         return (True, reason) if reason else True
@@ -324,7 +374,11 @@ class LuaFile:
         test, self._test = self._test, None
         stuck_vms = {self.vms.get(h) or getattr(self.workers.get(h), "vm", None) for h in self._stuck}
         stuck = [h for h, vm in self.vms.items() if vm in stuck_vms]  # a worker's VM stands for it
-        result = test.end(dict(reported), self.vms, [self.vms[h] for h in stuck], self._take_output())
+        result = test.end(dict(reported), self.vms, self._take_output())
+        self._report(result)
+        if result.outcome.failed and not test.expired and self.options.on_failure is not None:
+            self.options.on_failure(result, self._last_used(test))
+        test.release(self.vms, [self.vms[h] for h in stuck])
         killed = stuck if test.expired else []
         for handle in [*test.vms, *killed]:
             vm = self.vms.pop(handle, None)
@@ -333,7 +387,15 @@ class LuaFile:
                                       if handle in killed else
                                       f"VM {vm.name!r} was stopped at the end of test {test.spec.name!r}, which made it")
         self._allow_warnings(self.vms.values())  # the test's allowance ends with it
-        self._report(result)
+
+    def _last_used(self, test: TestRun) -> GuestOps | None:
+        """The running VM or worker the test's last op ran on; else a running VM of the test, or of the file."""
+        last = self.workers.get(self.bridge.last_handle) or self.vms.get(self.bridge.last_handle)
+        if isinstance(last, Worker) and last.killed:
+            last = last.vm
+        candidates = [last] if last is not None else []
+        candidates += [self.vms[h] for h in test.vms if h in self.vms] + list(self.vms.values())
+        return next((t for t in candidates if (t.vm if isinstance(t, Worker) else t).state == "running"), None)
 
 
 KERNEL_LOG_TAIL_LINES = 20

@@ -101,18 +101,27 @@ class TestRun:
 
     # ------------------------------------------------------------ end
 
-    def end(self, reported: dict, vms: dict[int, Vm], stuck: list[Vm], output: str) -> TestResult:
-        """The test's result from what Lua reported (`vms`: the file's, by handle); stops the VMs the test
-        made, and kills them and those it was stuck in (`stuck`) when it timed out."""
-        timed_out = self.expired = self.deadline() <= time.monotonic()
+    def end(self, reported: dict, vms: dict[int, Vm], output: str) -> TestResult:
+        """The test's result from what Lua reported (`vms`: the file's, by handle). Its VMs still run: release
+        stops them."""
+        self.expired = self.deadline() <= time.monotonic()
         self._scope.__exit__(None, None, None)
-        result = self.charge_findings(self.result_of(reported, output), vms.values(), check_leaks=not timed_out)
+        result = self.charge_findings(self.result_of(reported, output), vms.values(), check_leaks=not self.expired)
         result.where = result.where or ("" if result.outcome == Outcome.PASSED else self.spec.where)
         if result.outcome.failed:
             self.explain(result, vms)
-        self.stop([vms[h] for h in self.vms if h in vms], stuck if timed_out else [], timed_out)
         result.duration = time.monotonic() - self.started
         return result
+
+    def release(self, vms: dict[int, Vm], stuck: list[Vm]) -> None:
+        """Stop the VMs the test made; after a timeout the guests are in an unknown state: kill them, and
+        those the test was stuck in (`stuck`)."""
+        mine = [vms[h] for h in self.vms if h in vms]
+        if self.expired:
+            for vm in mine + stuck:
+                vm.kill()
+        for vm in mine:
+            vm.shutdown()
 
     def charge_findings(self, result: TestResult, vms, check_leaks: bool) -> TestResult:
         """The result with what the kernel says on top of the test's own outcome: a passed or skipped test
@@ -135,16 +144,6 @@ class TestRun:
             result.duration = time.monotonic() - self.started
             artifacts.keep(self.artifacts_dir / artifacts.slug(self.file_name, self.spec.name), result,
                            vms, self.vms)
-
-    @staticmethod
-    def stop(mine: list[Vm], stuck: list[Vm], timed_out: bool) -> None:
-        """Stop the test's VMs; after a timeout the guests are in an unknown state: kill them, and those
-        the test was stuck in."""
-        if timed_out:
-            for vm in mine + stuck:
-                vm.kill()
-        for vm in mine:
-            vm.shutdown()
 
     def result_of(self, reported: dict, output: str) -> TestResult:
         """The test's own outcome, as the prelude reported it."""

@@ -1,10 +1,18 @@
 """Shared helpers: run the provium command on Lua files written for a test."""
 
+import fcntl
 import os
+import pty
+import re
+import select
 import shutil
+import signal
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +66,77 @@ class Suite:
 
     def qemu_pids(self):
         return qemu_pids_under(str(self.tmp))
+
+    def terminal(self, *args, cwd=None, env=None, rows=24, cols=80):
+        return Terminal(self.command(*args), cwd or self.root, self.env(env), rows, cols)
+
+
+class Terminal:
+    """A command on a pseudo-terminal of its own (its controlling terminal), driven as a person would: type,
+    read what it printed, resize the window, close the terminal."""
+
+    def __init__(self, argv, cwd, env, rows, cols):
+        self.master, slave = pty.openpty()
+        self._size(slave, rows, cols)
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
+                                     start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        os.close(slave)
+        self.screen = b""  # everything it printed so far
+        self.seen = 0  # where the next read_until starts looking
+
+    @staticmethod
+    def _size(fd, rows, cols):
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def type(self, keys):
+        os.write(self.master, keys.encode() if isinstance(keys, str) else keys)
+
+    def resize(self, rows, cols):
+        self._size(self.master, rows, cols)  # the kernel sends SIGWINCH to the terminal's foreground job
+
+    def read_until(self, pattern, timeout=120):
+        """The match of regex `pattern` (bytes) in what was printed since the last match; fails the test with
+        the screen when it does not come within `timeout` seconds."""
+        regex = re.compile(pattern)
+        ends = time.monotonic() + timeout
+        while (match := regex.search(self.screen, self.seen)) is None:
+            left = ends - time.monotonic()
+            if left <= 0 or not self._read(left):
+                raise AssertionError(f"{pattern!r} did not appear; the screen:\n"
+                                     f"{self.screen.decode('utf-8', 'replace')[-3000:]}")
+        self.seen = match.end()
+        return match
+
+    def _read(self, timeout):
+        """Read what is printed within `timeout` seconds; False at the end of output."""
+        if select.select([self.master], [], [], min(timeout, 1.0))[0]:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # EIO: every process of the terminal closed it
+                return False
+            self.screen += data
+            return bool(data)
+        return True
+
+    def wait(self, timeout=120):
+        """The exit status, once the command ended (what it still printed is read)."""
+        ends = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < ends:
+            self._read(0.2)
+        while self._read(0.1) and select.select([self.master], [], [], 0)[0]:
+            pass
+        return self.proc.wait(max(0.0, ends - time.monotonic()))
+
+    def close(self):
+        """Close the terminal (a hangup) and kill what is left of the command."""
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 @pytest.fixture

@@ -1172,8 +1172,59 @@ local base_meta = {
   __metatable = false,
 }
 
+-- How the prompt shows a value: a table with a __tostring (a VM, a worker, a task) by it, others as
+-- assertions show them.
+local function prompt_show(v)
+  local mt = getmt(v)
+  if type(v) == "table" and mt and mt ~= StrMeta and rawget(mt, "__tostring") ~= nil then return describe(v) end
+  return show(v)
+end
+
+-- A chunk typed at the prompt, compiled as the standalone `lua` does: as `return <chunk>` when that
+-- compiles, else as statements. The first answer is the function, then whether it returns its values packed
+-- (the chunk's first argument packs them: a call in the chunk is then no tail call, so errors keep its
+-- line); or nil and the syntax error, then whether the chunk ends before its syntax does.
+local function compile_typed(source, chunkname)
+  local chunk, message = raw_load("return " .. source, chunkname, "t", file_env)
+  if chunk then
+    local packed = raw_load("return (...)(" .. source .. "\n)", chunkname, "t", file_env)
+    return packed or chunk, packed ~= nil
+  end
+  local as_expression = message
+  chunk, message = raw_load(source, chunkname, "t", file_env)
+  if chunk then return chunk, false end
+  return nil, message, as_expression:sub(-5) == "<eof>" or message:sub(-5) == "<eof>"
+end
+
+-- The prompt's evaluator (provium repl): runs a chunk typed at a prompt in the environment of the file
+-- run last, as task 1 of a scope. Answers "incomplete" when the chunk ends before its syntax does (more
+-- lines may complete it; nothing ran), "values" and a list of each value it returned as the prompt shows
+-- it, or "failure" and its report (as a test's).
+local function evaluate(source, chunkname)
+  local chunk, packed, incomplete = compile_typed(source, chunkname)
+  if not chunk then
+    if incomplete then return "incomplete", nil end
+    return "failure", {outcome = "error", message = packed}
+  end
+  reset_deadline_hook()
+  local results = table.pack(pcall(run_scope, chunk, table.pack))
+  sethook()
+  -- the prompt is a file's top level: no test and no scope stays open after an interruption
+  expired_message, scope, current_test = nil, nil, nil
+  if not results[1] then return "failure", unhandled(results[2]) end -- interrupted while cancelling tasks
+  if not results[2] then return "failure", results[3] end
+  local values = packed and results[3] or table.pack(table.unpack(results, 3, results.n))
+  local ok, shown = pcall(function()
+    local shown = {}
+    for i = 1, values.n do shown[i] = prompt_show(values[i]) end
+    return shown
+  end)
+  if not ok then return "failure", unhandled(shown) end -- say, a string too long to show in memory
+  return "values", shown
+end
+
 -- Runs a file's source in an environment of its own: a file-level error table or nil,
--- then the handle of a VM it returned.
+-- then the handle of a VM it returned. Then the prompt's evaluator.
 return function(source, chunkname)
   file_env = setmetatable({}, base_meta)
   raw_rawset(file_env, "_G", file_env)
@@ -1188,4 +1239,4 @@ return function(source, chunkname)
   if not ok then return type(result) == "table" and result or unhandled(result), nil end
   if getmt(result) == VM then return nil, result._h end
   return nil, nil
-end
+end, evaluate
