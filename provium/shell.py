@@ -25,7 +25,7 @@ EVENT_WAIT = 0.2  # seconds the output reader waits for an event before looking 
 SIZE_LOOK = 0.2  # seconds between looks at the window's size
 
 
-def attach(target: GuestOps, prompt: str, stdin: int = 0, stdout: int = 1) -> int:
+def attach(target: GuestOps, prompt: str, stdin: int = 0, stdout: int = 1) -> int | None:
     """Run an interactive shell in `target` (a VM, or a worker: the shell runs in its context) on the terminal
     `stdin`/`stdout` until it ends; its exit code (None when it did not exit by itself: the VM died or the
     terminal went away)."""
