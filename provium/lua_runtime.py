@@ -46,7 +46,9 @@ class FileOptions:
     keyword: str | None = None  # run only tests whose name (or file name) contains it
     collect_only: bool = False  # record test names, boot nothing, run no test body
     artifacts: Path | None = None
-    should_stop: Callable[[], bool] = lambda: False  # true once the run stops early (--fail-fast): skip the rest
+    # asked before each test the keyword selects: False skips it (the run stopped early, --fail-fast; pytest
+    # asks for another test). It may wait until the test's turn comes (the pytest plugin).
+    runs_now: Callable[[str], bool] = lambda name: True
     scratch: Path | None = None  # the run's scratch directory: provium.path("@tmp"), where files may write
     preparer: Preparer | None = None  # the run's; None: one of the file's own
     aliases: tuple = ()  # (NAME, PROFILE) pairs: provium.create(NAME) boots PROFILE (a --matrix cell)
@@ -89,13 +91,14 @@ class Evaluated:
 class LuaFile:
     """Runs one Lua file: a test file (run) or a fixture script (build_fixture).
 
-    Each test's TestResult goes to `on_test`. With snapshot_root, the file is a fixture being built: its
+    Each test's TestResult goes to `on_test`; `on_test_start` gets each test's name and file:line as it begins
+    (or is listed, with collect_only). With snapshot_root, the file is a fixture being built: its
     VMs keep their RAM in files under snapshot_root.
     """
 
     def __init__(self, path, display, config, cache, on_test: Callable[[TestResult], None],
                  interrupted: Callable[[], bool] = lambda: False, fixtures=None, snapshot_root: Path | None = None,
-                 options: FileOptions | None = None, on_test_start: Callable[[str], None] = lambda name: None):
+                 options: FileOptions | None = None, on_test_start: Callable[[str, str], None] = lambda name, where: None):
         self.path = Path(path)
         self.display_name = display
         self.config = config
@@ -353,10 +356,10 @@ class LuaFile:
         """True when the test runs, (True, reason) when it is skipped here, False when it is not run."""
         name = text(name)
         keyword = self.options.keyword
-        if (keyword and keyword not in name and keyword not in self.display_name) or self.options.should_stop():
+        if (keyword and keyword not in name and keyword not in self.display_name) or not self.options.runs_now(name):
             return False
         if self.options.collect_only:
-            self.on_test_start(name)
+            self.on_test_start(name, text(where))
             return False
         spec = TestSpec(name, text(where), self.options.test_timeout if timeout is None else
                         timeout * self.options.slowdown, bool(allow_warnings),
@@ -366,7 +369,7 @@ class LuaFile:
         self._output.clear()
         self._stuck.clear()
         self.bridge.last_handle = None
-        self.on_test_start(name)
+        self.on_test_start(name, spec.where)
         reason = self._test.begin(list(self.vms.values()))
         return (True, reason) if reason else True
 

@@ -24,7 +24,7 @@ from .host_files import display_name
 from .lua_runtime import FileOptions, LuaFile, build_fixture
 from .results import Summary, TestResult
 
-_NOT_TESTS = {"fixtures", "lib"}  # fixture scripts and helper modules live here, not tests
+NOT_TEST_DIRS = {"fixtures", "lib"}  # fixture scripts and helper modules live here, not tests
 
 
 def discover(paths):
@@ -38,7 +38,7 @@ def discover(paths):
         for match in matches:
             if os.path.isdir(match):
                 found += sorted(str(p) for p in Path(match).rglob("*.lua")
-                                if not _NOT_TESTS & set(p.relative_to(match).parts[:-1]))
+                                if not NOT_TEST_DIRS & set(p.relative_to(match).parts[:-1]))
             else:
                 found.append(match)
     unique = list(dict.fromkeys(os.path.normpath(p) for p in found))
@@ -181,8 +181,8 @@ class _FileRuns:
         options, fixtures = self.cells[self.configs[path].root, item.aliases]
         try:
             LuaFile(path, name, self.configs[path], self.cache, self.on_test, self.interrupted, fixtures=fixtures,
-                    options=replace(options, should_stop=self.stopped),
-                    on_test_start=lambda test: self.on_test_start(name, test)).run()
+                    options=replace(options, runs_now=lambda test: not self.stopped()),
+                    on_test_start=lambda test, where: self.on_test_start(name, test)).run()
         finally:
             self.ordered.add(name, "file_finished", name)
             self.ordered.finish(name)
