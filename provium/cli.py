@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, config as config_mod, deadline, images, kernels, qemu, repl, runner, shell, tempdirs
+from . import (__version__, config as config_mod, deadline, images, kernels, qemu, repl, report_merge, runner, shell,
+               tempdirs)
 from .cache import Cache
 from .errors import ConfigError, ProviumError
 from .fixtures import FixtureError, Fixtures
@@ -81,6 +82,15 @@ def build_parser():
         "repl", help="a Lua prompt with a booted vm",
         description="A Lua prompt in the test sandbox, with a guest booted from PROFILE (or resumed from a "
                     "fixture) bound to vm. Ctrl-D leaves and stops the guest."))
+    report = commands.add_parser("report", help="merge the reports of a sharded run",
+                                 description="Work on the --json event files of provium run.")
+    report_actions = report.add_subparsers(dest="action", metavar="ACTION", required=True)
+    report_merge.add_arguments(report_actions.add_parser(
+        "merge", help="merge the --json files of the shards of one run: print, exit and write reports as one run",
+        description="Merge the --json event files of provium run --shard K/N (one per shard): print the results "
+                    "as provium run does, exit with its status, and write one JUnit and one KTAP report. A missing, "
+                    "repeated or incomplete shard, or shards of different N, are named and fail the merge "
+                    "(status 1); a file that is not a provium JSON event file is an error (status 2)."))
     add_guest_arguments(commands.add_parser(
         "shell", help="an interactive shell in a booted guest",
         description="Boot a guest from PROFILE (or resume a fixture) and open an interactive shell in it on this "
@@ -110,10 +120,11 @@ class _Interrupts:
         return self.count > 0
 
 
-def _reporters(args, opened):
-    """The reporters the options ask for; files they write are appended to `opened`."""
+def _reporters(args, opened, shard, runs, suite_runs):
+    """The reporters the options ask for; files they write are appended to `opened`. shard: (K, N) or None;
+    runs: the RunItems of this run; suite_runs: those of the whole suite, unsharded (for --json)."""
     def open_for(path):
-        stream = open(path, "w")
+        stream = open(path, "w", errors="surrogateescape")  # a test may print any bytes
         opened.append(stream)
         return stream
 
@@ -124,7 +135,9 @@ def _reporters(args, opened):
     if args.ktap:
         reporters.append(KtapReport(sys.stdout if args.ktap == "-" else open_for(args.ktap)))
     if args.json:
-        reporters.append(JsonEventsReport(open_for(args.json)))
+        reporters.append(JsonEventsReport(open_for(args.json), shard="/".join(map(str, shard)) if shard else None,
+                                          runs=[run.name for run in runs],
+                                          suite_runs=[run.name for run in suite_runs]))
     return Reporters(reporters)
 
 
@@ -141,9 +154,9 @@ def cmd_run(args):
         args.jobs, args.fail_fast = 1, True
     files = runner.discover(args.paths)
     configs = runner.suites(files, config_mod.load())
-    runs = runner.items(files, configs, runner.parse_matrix(args.matrix) if args.matrix else None)
-    if args.shard:
-        runs = runner.shard(runs, *runner.parse_shard(args.shard))
+    suite_runs = runner.items(files, configs, runner.parse_matrix(args.matrix) if args.matrix else None)
+    shard = runner.parse_shard(args.shard) if args.shard else None
+    runs = runner.shard(suite_runs, *shard) if shard else suite_runs
     suites = {config.root: config for config in configs.values()}.values()
     for config in suites:
         for name in config.raw_profiles:
@@ -152,7 +165,7 @@ def cmd_run(args):
             images.check(config.profile(name), Cache())
     accel, notice = accelerator()
     opened = []
-    reporter = ListReporter() if args.list else _reporters(args, opened)
+    reporter = ListReporter() if args.list else _reporters(args, opened, shard, runs, suite_runs)
     preparer = Preparer(Cache(), reporter.notice)
 
     def options_for(config):
@@ -322,6 +335,8 @@ def main(argv=None):
             return cmd_profiles(args)
         if args.command == "repl":
             return repl.main(args)
+        if args.command == "report":
+            return report_merge.main(args)
         if args.command == "shell":
             return cmd_shell(args)
         return cmd_run(args)

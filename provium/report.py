@@ -237,16 +237,24 @@ class KtapReport(Reporter):
 
 
 class JsonEventsReport(Reporter):
-    """One JSON object per line: file_start, test_start, test_end, file_end, summary."""
+    """One JSON object per line, each with `event` and `time`: run_start (written at once: the shard, its runs
+    and the whole suite's), notice, file_start, test_start, test_end (every field of the TestResult, so that a
+    reader such as `provium report merge` rebuilds it as it was), file_end, summary."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, *, shard: str | None, runs: list[str], suite_runs: list[str]) -> None:
+        """shard: "K/N", or None when the run is not sharded; runs: the run names of this run, in order;
+        suite_runs: those of the whole suite, unsharded."""
         self.stream = stream
         self._lock = threading.Lock()
+        self._event(event="run_start", shard=shard, runs=list(runs), suite_runs=list(suite_runs))
 
     def _event(self, **event):
         with self._lock:
             self.stream.write(json.dumps({"time": time.time(), **event}) + "\n")
             self.stream.flush()
+
+    def notice(self, text):
+        self._event(event="notice", text=text)
 
     def file_started(self, file):
         self._event(event="file_start", file=file)
@@ -256,8 +264,8 @@ class JsonEventsReport(Reporter):
 
     def test_finished(self, result):
         self._event(event="test_end", file=result.file, test=result.name, outcome=result.outcome,
-                    duration=round(result.duration, 6), message=result.message, where=result.where,
-                    output=result.output, **result.details)
+                    duration=result.duration, message=result.message, where=result.where, details=result.details,
+                    traceback=result.traceback, output=result.output, consoles=result.consoles)
 
     def file_finished(self, file):
         self._event(event="file_end", file=file)

@@ -98,8 +98,8 @@ def test_reports_bound_a_test_values_metamethods(suite):
         ("failed", "<table: value whose __tostring did not finish>", "values.lua:22")
     compared = ends["assert_eq with such values"]
     assert (compared["outcome"], compared["where"]) == ("failed", "values.lua:25")
-    assert compared["expected"] == "{[1] = {[1] = {[1] = <table: value whose __tostring did not finish>}}}"
-    assert compared["actual"] == '{["a"] = 1}'
+    assert compared["details"]["expected"] == "{[1] = {[1] = {[1] = <table: value whose __tostring did not finish>}}}"
+    assert compared["details"]["actual"] == '{["a"] = 1}'
     assert all(e["duration"] < 5 for e in ends.values()), {n: e["duration"] for n, e in ends.items()}
     assert ends["a coroutine made in a __tostring serves the test afterwards"]["outcome"] == "passed"
     assert ends["runs after them"]["outcome"] == "passed"
@@ -134,8 +134,8 @@ def test_assert_eq_compares_and_shows_cyclic_tables(suite):
     different = ends["different cycles are not"]
     assert (different["outcome"], different["message"], different["where"]) == \
         ("failed", "assert_eq failed", "cycles.lua:18")
-    assert different["expected"] == '{["next"] = {["next"] = <cycle>, ["value"] = 2}, ["value"] = 1}'
-    assert different["actual"] == '{["next"] = {["next"] = <cycle>, ["value"] = 3}, ["value"] = 1}'
+    assert different["details"]["expected"] == '{["next"] = {["next"] = <cycle>, ["value"] = 2}, ["value"] = 1}'
+    assert different["details"]["actual"] == '{["next"] = {["next"] = <cycle>, ["value"] = 3}, ["value"] = 1}'
     assert ends["runs after them"]["outcome"] == "passed"
     assert result.stdout.splitlines()[-1] == "2 passed, 1 failed, 0 skipped"
 

@@ -95,6 +95,7 @@ def test_k_x_and_lf_select_and_stop_as_in_pytest(suite):
         "tests.mixed.lua::passes": "passed", "tests.mixed.lua::fails": "failure"}
     assert "stopping after 1 failures" in stopped.stdout
     last_failed = pytest_run(suite, "tests", "--lf", "--junitxml=lf.xml")
+    assert last_failed.returncode == 1 and "run-last-failure: rerun previous 1 failure" in last_failed.stdout
     assert list(junit(suite.root / "lf.xml")[0]) == ["tests.mixed.lua::fails"]  # -x stopped before `errors`
     assert suite.qemu_pids() == []
 
