@@ -19,6 +19,7 @@ import ops  # noqa: E402
 import overlap  # noqa: E402
 import parallel  # noqa: E402
 import peers  # noqa: E402
+import pytest_xdist  # noqa: E402
 import shell  # noqa: E402
 
 
@@ -41,6 +42,8 @@ def main():
     fixtures.main(["--runs", "2" if quick else "9"])
     print()
     parallel.main(["--runs", "1" if quick else "5"])
+    print()
+    pytest_xdist.main(["--runs", "1" if quick else "5"])
     print()
     shell.main(["--runs", "1" if quick else "5"])
     print()
