@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import (__version__, config as config_mod, deadline, images, kernels, qemu, repl, report_merge, runner, shell,
-               tempdirs)
+from . import (__version__, cache_admin, config as config_mod, deadline, images, kernels, qemu, repl, report_merge,
+               runner, shell, tempdirs)
 from .cache import Cache
 from .errors import ConfigError, ProviumError
 from .fixtures import FixtureError, Fixtures
@@ -78,6 +78,10 @@ def build_parser():
     commands.add_parser("profiles", help="the suite's profiles: where each is defined and what it boots",
                         description="List the suite's profiles: where each is defined (built-in, provium.toml, "
                                     "profiles/NAME.yaml) and what it resolves to.")
+    cache_admin.add_arguments(commands.add_parser(
+        "cache", help="what the cache holds (info), or trim it to a size (prune)",
+        description="The cache of kernels, boot images, build outputs and fixtures: where it is and what it holds "
+                    "(info), or trimmed to a size by removing least recently used entries (prune)."))
     repl.add_arguments(commands.add_parser(
         "repl", help="a Lua prompt with a booted vm",
         description="A Lua prompt in the test sandbox, with a guest booted from PROFILE (or resumed from a "
@@ -153,7 +157,9 @@ def cmd_run(args):
             raise ConfigError("--shell-on-failure needs a terminal: standard input and output are not one")
         args.jobs, args.fail_fast = 1, True
     files = runner.discover(args.paths)
-    configs = runner.suites(files, config_mod.load())
+    default = config_mod.load()
+    cache = Cache.for_suite(default)
+    configs = runner.suites(files, default)
     suite_runs = runner.items(files, configs, runner.parse_matrix(args.matrix) if args.matrix else None)
     shard = runner.parse_shard(args.shard) if args.shard else None
     runs = runner.shard(suite_runs, *shard) if shard else suite_runs
@@ -162,11 +168,11 @@ def cmd_run(args):
         for name in config.raw_profiles:
             # every error in provium.toml and profiles/ surfaces now, before anything runs (a kernel
             # at hand and its module names too: its release is in its image header)
-            images.check(config.profile(name), Cache())
+            images.check(config.profile(name), cache)
     accel, notice = accelerator()
     opened = []
     reporter = ListReporter() if args.list else _reporters(args, opened, shard, runs, suite_runs)
-    preparer = Preparer(Cache(), reporter.notice)
+    preparer = Preparer(cache, reporter.notice)
 
     def options_for(config):
         return FileOptions.for_run(config.run, accel, keyword=args.keyword, collect_only=args.list,
@@ -175,7 +181,7 @@ def cmd_run(args):
                                    if args.shell_on_failure else None)
 
     if args.list:
-        runner.run(runs, configs, Cache(), reporter, options_for)
+        runner.run(runs, configs, cache, reporter, options_for)
         return EXIT_OK
     qemu.find_qemu()
     if notice:
@@ -184,7 +190,7 @@ def cmd_run(args):
     interrupts.install()
     summary = None
     try:
-        summary = runner.run(runs, configs, Cache(), reporter, options_for, jobs=args.jobs,
+        summary = runner.run(runs, configs, cache, reporter, options_for, jobs=args.jobs,
                              fail_fast=args.fail_fast, interrupted=lambda: bool(interrupts))
     except KeyboardInterrupt:
         pass
@@ -234,8 +240,9 @@ def cmd_shell(args):
 def cmd_fixtures(args):
     config = config_mod.load()
     scratch = tempdirs.make("run")
-    fixtures = Fixtures(config, Cache(), build_fixture, FileOptions.for_run(
-        config.run, scratch=scratch, preparer=Preparer(Cache(), _notice)))
+    cache = Cache.for_suite(config)
+    fixtures = Fixtures(config, cache, build_fixture, FileOptions.for_run(
+        config.run, scratch=scratch, preparer=Preparer(cache, _notice)))
     try:
         return _fixtures_action(args, config, fixtures)
     finally:
@@ -272,6 +279,7 @@ def _fixtures_action(args, config, fixtures):
 
 def cmd_kernel(args):
     config = config_mod.load()
+    cache = Cache.for_suite(config)
     named = getattr(args, "profiles", [])
     profiles = [config.profile(name) for name in named or config.profile_names()]
     if args.action == "list":
@@ -279,11 +287,11 @@ def cmd_kernel(args):
         for profile in profiles:
             users.setdefault(kernels.origin(profile), []).append(profile.name)
         print(f"{'PROFILES':<24} {'RELEASE':<32} {'SIZE':>8}  SOURCE")
-        for record in kernels.cached(Cache()):
+        for record in kernels.cached(cache):
             names = ",".join(users.get(record["source"], [])) or "-"
             print(f"{names:<24} {record['release']:<32} {record['bytes'] / 1048576:>7.0f}M  {record['source']}")
         return EXIT_OK
-    preparer = Preparer(Cache(), _notice)
+    preparer = Preparer(cache, _notice)
     for profile in profiles:
         if named or not profile.kernel_at_hand:
             started = time.monotonic()
@@ -295,7 +303,7 @@ def cmd_kernel(args):
 
 def cmd_profiles(args):
     config = config_mod.load()
-    cache = Cache()
+    cache = Cache.for_suite(config)
     rows = [("PROFILE", "DEFINED IN", "KERNEL", "RELEASE", "MODULES", "MEMORY", "CPUS")]
     errors = []
     for name in config.profile_names():
@@ -327,6 +335,8 @@ def cmd_profiles(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "cache":
+            return cache_admin.main(args)
         if args.command == "fixtures":
             return cmd_fixtures(args)
         if args.command == "kernel":

@@ -101,6 +101,16 @@ class Profile:
 
 
 DEFAULT_FIXTURE_CACHE_LIMIT = "8G"
+_BYTE_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(value, what="size"):
+    """Bytes in a size such as "5G", "500M", "1.5T" or "0" (units of 1024); ConfigError otherwise."""
+    match = _BYTE_SIZE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ConfigError(f"{what} {value!r} is not a size like \"5G\" or \"500M\"")
+    unit = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[match.group(2).upper()]
+    return int(float(match.group(1)) * unit)
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,8 @@ class Config:
     fixture_cache_limit: str = DEFAULT_FIXTURE_CACHE_LIMIT
     run: RunSettings = field(default_factory=RunSettings)
     matrix: dict = field(default_factory=dict)  # [matrix] NAME = [PROFILE, ...]: the default --matrix
+    cache_dir: Path | None = None       # [cache] dir, absolute (see cache.Cache.for_suite); None: not set
+    cache_max_size: str | None = None   # [cache] max_size: what `provium cache prune` trims to by default
 
     @property
     def files(self) -> list[Path]:
@@ -195,9 +207,10 @@ def _from_toml(root, path):
         raise ConfigError(f"{path}: syntax error: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    unknown = sorted(set(data) - {"profiles", "fixtures", "run", "matrix"})
+    unknown = sorted(set(data) - {"cache", "profiles", "fixtures", "run", "matrix"})
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} (allowed: fixtures, matrix, profiles, run)")
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r} "
+                          f"(allowed: cache, fixtures, matrix, profiles, run)")
     matrix = data.get("matrix", {})
     if not isinstance(matrix, dict) or len(matrix) > 1 or not all(
             isinstance(v, list) and v and all(isinstance(p, str) and p for p in v) for v in matrix.values()):
@@ -225,8 +238,37 @@ def _from_toml(root, path):
         parse_memory(limit, "cache_limit")
     except ConfigError as exc:
         raise ConfigError(f"{path}: [fixtures]: {exc}") from None
+    cache_dir, cache_max_size = _cache_table(root, path, data.get("cache", {}))
     return Config(root=root, path=path, raw_profiles=profiles, origins={name: ProfileOrigin(path) for name in profiles},
-                  fixture_cache_limit=limit, run=RunSettings(**{k: float(v) for k, v in run.items()}), matrix=matrix)
+                  fixture_cache_limit=limit, run=RunSettings(**{k: float(v) for k, v in run.items()}), matrix=matrix,
+                  cache_dir=cache_dir, cache_max_size=cache_max_size)
+
+
+def _cache_table(root, path, table):
+    """[cache] dir = "PATH" (relative to the suite root) and max_size = "SIZE": (absolute dir or None, size or
+    None)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: 'cache' must be a table")
+    for key, value in table.items():
+        if key not in ("dir", "max_size"):
+            raise ConfigError(f"{path}: [cache]: unknown key {key!r} (allowed: dir, max_size)")
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: [cache]: key {key!r}: must be a string, not "
+                              f"{_KINDS.get(type(value), type(value).__name__)}")
+        if not value.strip():
+            raise ConfigError(f"{path}: [cache]: key {key!r}: must not be empty")
+    if "max_size" in table:
+        try:
+            parse_size(table["max_size"], "max_size")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: [cache]: {exc}") from None
+    directory = _resolve_dir(root, table["dir"]) if "dir" in table else None
+    return directory, table.get("max_size")
+
+
+def _resolve_dir(root, value):
+    path = Path(os.path.expanduser(value))
+    return Path(os.path.abspath(path if path.is_absolute() else root / path))
 
 
 def _where(config, name, key=None):

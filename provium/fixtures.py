@@ -9,7 +9,11 @@ its disks and the entries of the fixtures it started from. Inputs are recorded
 by content and by their place in the suite ("@root/module/x.ko"), never by an
 absolute path, so two checkouts of one suite with different files each get
 their own variant (both stay cached), and a cache moved along with its suite,
-or to another machine with the same kernel and QEMU, still hits.
+or to another machine with the same kernel and QEMU, still hits. Nothing in an
+entry names the cache's absolute path: the manifest's boot images are relative
+to the cache root, and a frozen disk whose backing image is in the cache (the
+disk of a fixture this one started from) names it relative to itself; one
+backed by an image of the suite is pointed at it where it is when loaded.
 
 Entries are built in a temporary directory and renamed into place under a
 lock, so a killed build leaves nothing a later run trusts; an entry that fails
@@ -34,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import agent_build, images, qemu, tempdirs
-from .cache import digest, locked
+from .cache import claimed, digest, last_used, locked
 from .config import parse_memory
 from .errors import BootError, ProviumError, QemuError
 from .profile_build import Preparer
@@ -111,9 +115,10 @@ def _backing_file(qcow2: Path) -> str | None:
         return os.fsdecode(f.read(size))
 
 
-def _rebase(qcow2: Path, backing: Path | None, backing_format: str) -> None:
-    """Point a frozen overlay at `backing` (the same content, found elsewhere now), or, with
-    None, copy its backing's data into it so that it stands alone."""
+def _rebase(qcow2: Path, backing: Path | str | None, backing_format: str) -> None:
+    """Point a frozen overlay at `backing` (the same content, found elsewhere now; a relative name is
+    relative to the overlay's directory), or, with None, copy its backing's data into it so that it
+    stands alone."""
     args = ["-u", "-F", backing_format, "-b", str(backing)] if backing else ["-b", ""]
     result = subprocess.run(["qemu-img", "rebase", "-q", "-f", "qcow2", *args, str(qcow2)],
                             capture_output=True, text=True)
@@ -126,6 +131,14 @@ def _last_used(path: Path) -> float:
         return (path / LAST_USED).stat().st_mtime
     except OSError:
         return 0.0
+
+
+def _backing_name(frozen: Path, backing: Path, anchored: str) -> str:
+    """What a frozen overlay's header names its backing image: relative to the overlay's directory when
+    the image is in the cache (the cache moves as one), else its absolute path (re-pointed when loaded)."""
+    if anchored.startswith(CACHE_ANCHOR):
+        return os.path.relpath(backing, frozen.parent)
+    return str(backing)
 
 
 class Fixtures:
@@ -191,9 +204,11 @@ class Fixtures:
             if build_dir in path.parents:
                 return f"{BUILD_ANCHOR}{profile}/{path.relative_to(build_dir)}"
         scratch = self.options.scratch
-        for base, anchor in ((scratch, None), (self.config.root, SUITE_ANCHOR), (self.cache.root, CACHE_ANCHOR)):
-            base = base and Path(os.path.realpath(base))
-            if base and base in path.parents:
+        bases = [(Path(os.path.realpath(base)), anchor) for base, anchor in
+                 ((scratch, None), (self.config.root, SUITE_ANCHOR), (self.cache.root, CACHE_ANCHOR)) if base]
+        # the innermost base: a cache inside the suite ([cache] dir = "cache") is the cache, not the suite's
+        for base, anchor in sorted(bases, key=lambda pair: len(pair[0].parts), reverse=True):
+            if base in path.parents:
                 return anchor and anchor + str(path.relative_to(base))
         return str(path)
 
@@ -219,7 +234,7 @@ class Fixtures:
         if known and known.key == key:
             return known
         entry = self._find(name, key)
-        if entry is None:
+        while entry is None or not self.cache.use(entry.path):  # use(): marked used, kept from prune
             with locked(self.root / name / key):
                 entry = self._find(name, key) or self._build(name, key)
         self._entries[name] = entry
@@ -272,9 +287,10 @@ class Fixtures:
             backing = self._resolve(disk["backing"])
             if not backing.is_file():
                 raise FixtureError(f"{backing} is missing")
-            if _backing_file(frozen) != str(backing):
+            name = _backing_name(frozen, backing, disk["backing"])
+            if _backing_file(frozen) != name:
                 with locked(frozen):
-                    _rebase(frozen, backing, disk["format"])
+                    _rebase(frozen, name, disk["format"])
 
     # ---------------------------------------------------------------- building
 
@@ -304,14 +320,23 @@ class Fixtures:
                 disks.append({"backing": anchored, "format": backing_format})
             files = {anchored: file_digest(path) for path in result.files
                      if (anchored := self._anchor(path)) is not None}
-            manifest = {"name": name, "key": key, "created": time.time(), "spec": dataclasses.asdict(spec),
-                        "images": [str(p.relative_to(self.cache.root)) for p in (boot.vmlinux, boot.initrd)],
+            images_used = [str(p.relative_to(self.cache.root)) for p in (boot.vmlinux, boot.initrd)]
+            # the spec's images are found again when loaded (images.prepare): kept relative, as "images"
+            spec_as_written = {**dataclasses.asdict(spec), "vmlinux": CACHE_ANCHOR + images_used[0],
+                               "initrd": CACHE_ANCHOR + images_used[1]}
+            manifest = {"name": name, "key": key, "created": time.time(), "spec": spec_as_written,
+                        "images": images_used,
                         "files": dict(sorted(files.items())), "deps": dict(sorted(result.deps.items())),
                         "disks": disks}
             variant = digest(json.dumps({k: manifest[k] for k in ("images", "files", "deps", "disks")}))
+            final = self.root / name / key / variant
+            for index, disk in enumerate(disks):  # a backing image in the cache: named relative to the entry
+                if disk["backing"] and disk["backing"].startswith(CACHE_ANCHOR):
+                    _rebase(snapshot_dir / f"disk{index}.qcow2",
+                            _backing_name(final / f"disk{index}.qcow2", self._resolve(disk["backing"]),
+                                          disk["backing"]), disk["format"])
             (snapshot_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
             (snapshot_dir / LAST_USED).touch()
-            final = self.root / name / key / variant
             final.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(final, ignore_errors=True)
             os.rename(snapshot_dir, final)
@@ -322,6 +347,7 @@ class Fixtures:
                 os.close(fd)
         finally:
             shutil.rmtree(build_dir, ignore_errors=True)
+        self.cache.use(final)
         self.evict(keep=final)
         modules = [path for path in result.files if path.name.endswith(".ko")]
         modules += [module for dep in result.deps for module in self.entry(dep).modules]
@@ -404,21 +430,22 @@ class Fixtures:
             name, *identity = path.relative_to(self.root).parts
             if name.startswith(".") or any(part.startswith(".build-") for part in identity):
                 continue
-            last = path / LAST_USED
-            rows.append((name, "/".join(identity), path, disk_usage(path),
-                         last.stat().st_mtime if last.exists() else manifest.stat().st_mtime))
+            rows.append((name, "/".join(identity), path, disk_usage(path), last_used(path)))
         return rows
 
     def evict(self, keep=None):
-        """Delete least recently used entries until the cache fits its limit."""
+        """Delete least recently used entries until the fixture cache fits its limit; an entry in use by a
+        provium process (this one's included) or being rebuilt stays."""
         rows = sorted(self.entries(), key=lambda row: row[4])
         total = sum(row[3] for row in rows)
         for _, _, path, size, _ in rows:
             if total <= self.limit:
                 break
             if path != keep:
-                shutil.rmtree(path, ignore_errors=True)
-                total -= size
+                with claimed(path) as free:
+                    if free:
+                        shutil.rmtree(path, ignore_errors=True)
+                        total -= size
 
     def clean(self):
         """Delete every fixture entry."""

@@ -141,10 +141,11 @@ class Guest:
         if args.memory:
             config_mod.parse_memory(args.memory, "--memory")
         self._scratch = tempdirs.make("run")
-        preparer = Preparer(Cache(), _notice)
+        cache = Cache.for_suite(config)
+        preparer = Preparer(cache, _notice)
         options = FileOptions.for_run(config.run, scratch=self._scratch, preparer=preparer)
-        self._fixtures = _Unpooled(config, Cache(), build_fixture, options)
-        self.lua = LuaFile(config.root / DISPLAY_NAME, DISPLAY_NAME, config, Cache(), on_test=self._tests.append,
+        self._fixtures = _Unpooled(config, cache, build_fixture, options)
+        self.lua = LuaFile(config.root / DISPLAY_NAME, DISPLAY_NAME, config, cache, on_test=self._tests.append,
                            interrupted=self._stop_requested, fixtures=self._fixtures, options=options)
         if args.fixture:
             try:

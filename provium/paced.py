@@ -124,7 +124,7 @@ class Suites:
             return self._configs[root]
 
     def cache(self, config: Config) -> Cache:
-        return Cache()
+        return Cache.for_suite(config)
 
     def cell(self, config: Config, aliases: tuple = ()) -> tuple[FileOptions, Fixtures]:
         """The FileOptions and Fixtures of the suite's files when NAME boots PROFILE for each (NAME, PROFILE)

@@ -83,8 +83,11 @@ class Preparer:
             raise ConfigError(f"{where}: kernel: {exc}") from None
         if not profile.kernel_at_hand:  # module names could not be checked before the kernel was here
             images.check_modules(profile, tree.modules_dir)
-        build_dir = self.cache.root / "builds" / digest(str(profile.root), profile.name, tree.release, str(tree.image))
+        # a kernel the cache holds is named by its place in the cache, which travels with it
+        image = tree.image.relative_to(self.cache.root) if tree.image.is_relative_to(self.cache.root) else tree.image
+        build_dir = self.cache.root / "builds" / digest(str(profile.root), profile.name, tree.release, str(image))
         build_dir.mkdir(parents=True, exist_ok=True)
+        self.cache.use(build_dir)
         if profile.build:
             with locked(build_dir):  # another provium process may build the same
                 self._run_build(profile, tree, build_dir, where)
