@@ -24,7 +24,7 @@ from provium.vm import Vm
     ("[profiles.x]\nmemory = 512\n", "provium.toml: profile 'x': key 'memory': must be a string, not an integer"),
     ("[profiles.x]\nkernel = \"missing/bzImage\"\n", "provium.toml: profile 'x': key 'kernel': file not found: {root}/missing/bzImage"),
     ("[profiles.x]\ninitrd = \"missing.cpio\"\n", "provium.toml: profile 'x': key 'initrd': file not found: {root}/missing.cpio"),
-    ("[profile.x]\n", "provium.toml: unknown top-level key 'profile' (allowed: fixtures, matrix, profiles, run)"),
+    ("[profile.x]\n", "provium.toml: unknown top-level key 'profile' (allowed: cache, fixtures, matrix, profiles, run)"),
     ("[run]\ntest_timeout = -5\n", "provium.toml: [run]: key 'test_timeout': must be a positive number of seconds, not -5"),
 ])
 def test_configuration_errors_are_one_line_and_exit_2(suite, toml, message):
