@@ -402,7 +402,8 @@ class Fixtures:
                 future.result().kill()
 
     def resume(self, name, snapshot_dir=None):
-        """A clone resumed now (not from the pool); with snapshot_dir, one that can be snapshotted."""
+        """A clone resumed now (not from the pool), its kernel reports decoded against its kernel and the modules
+        its build booted with; with snapshot_dir, one that can be snapshotted."""
         entry = self.entry(name)
         for attempt in (1, 2):
             try:
@@ -417,6 +418,7 @@ class Fixtures:
                 self._entries.pop(name, None)
                 entry = self.entry(name)
         (entry.path / LAST_USED).touch()
+        vm.symbols = self.preparer.prepare(vm.profile).symbols().with_modules(entry.modules)  # its build's .ko too
         return vm
 
     # ---------------------------------------------------------------- the cache as a whole

@@ -40,7 +40,6 @@ class Harness:
         """A running clone of the suite's fixture fixtures/NAME.lua, built first when it is not cached."""
         vm = self.fixtures.clone(name)
         self.vms.append(vm)
-        vm.symbols = self.preparer.prepare(vm.profile).symbols().with_modules(self.fixtures.entry(name).modules)
         return vm
 
     def close(self) -> None:

@@ -281,9 +281,8 @@ class LuaFile:
         self.files.prepared(prepared.build_dir)
         return prepared
 
-    def _add_vm(self, handle: int, vm: Vm, prepared: Prepared) -> int:
+    def _add_vm(self, handle: int, vm: Vm) -> int:
         self.vms[handle] = vm
-        vm.symbols = prepared.symbols()
         if self._test is not None:
             self._test.adopt(handle, vm)
         self._allow_warnings([vm])
@@ -298,17 +297,15 @@ class LuaFile:
     def _create(self, profile: bytes) -> int:
         handle, prepared = self._new_handle(), self._profile(text(profile))
         vm = Vm(prepared.profile, self.cache, snapshot_dir=self._snapshot_dir(handle), timeouts=self.options.timeouts)
-        return self._add_vm(handle, vm, prepared)
+        vm.symbols = prepared.symbols()
+        return self._add_vm(handle, vm)
 
     def _fixture(self, name: bytes) -> int:
         name, handle = text(name), self._new_handle()
         vm = self.fixtures.clone(name, snapshot_dir=self._snapshot_dir(handle))
-        entry = self.fixtures.entry(name)
         if self.snapshot_root:
-            self.fixture_deps[name] = entry.identity
-        self._add_vm(handle, vm, self.preparer.prepare(vm.profile))
-        vm.symbols = vm.symbols.with_modules(entry.modules)  # the .ko its build booted with
-        return handle
+            self.fixture_deps[name] = self.fixtures.entry(name).identity
+        return self._add_vm(handle, vm)
 
     def _boot(self, handle: int, memory, cpus, files, disks) -> None:
         checked = []
