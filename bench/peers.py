@@ -7,7 +7,9 @@ guest-exec + guest-exec-status polling against vm:exec, and
 guest-file-open/read/close against vm:read_file, interleaved. virtme-ng boots
 the same kernel for one command (`vng --run KERNEL --disable-kvm --exec
 'uname -r'`) against `provium run` of one test doing the same, both whole
-processes, alternating. A peer that cannot run here is reported with the reason.
+processes, alternating; and the same 20 commands as one script in one vng boot
+(`vng --exec 'sh script'`) against provium's file of 20 tests, one command each,
+on one VM. A peer that cannot run here is reported with the reason.
 """
 
 import argparse
@@ -133,33 +135,59 @@ def qga_rows(runs):
             ("read_file 1 MiB", "guest-file-open/read/close", *samples["read"], None)]
 
 
-def one_command_rows(runs, vng):
-    suite = Path(tempfile.mkdtemp(prefix="provium-one-"))
+# The same 20 commands for both: each a test of its own in provium, one line of a script for vng.
+COMMANDS = ["uname -r", "true", "echo hello", "id -u", "cat /proc/version", "ls /", "cat /proc/meminfo",
+            "cat /proc/cpuinfo", "mount", "ls /proc", "head -c 4096 /dev/urandom | wc -c", "cat /proc/uptime",
+            "dmesg | tail -n 3", "ls /sys/class", "cat /proc/cmdline", "sort /proc/filesystems",
+            "grep -c . /proc/kallsyms", "ls -l /dev", "cat /proc/self/status", "sh -c 'exit 0'"]
+
+
+def one_boot_suites(suite: Path) -> tuple[Path, Path]:
+    """(a Lua file running uname -r in a fresh VM, a Lua file running COMMANDS as 20 tests on one VM)."""
     (suite / "uname.lua").write_text(
         'test("uname", function()\n  local vm = provium.create("minimal")\n  vm:boot()\n'
         '  assert(vm:exec("uname -r").ok)\nend)\n')
+    tests = "".join(f"test({json.dumps(cmd)}, function() assert(vm:exec({json.dumps(cmd)}).ok) end)\n"
+                    for cmd in COMMANDS)
+    (suite / "twenty.lua").write_text('vm = provium.create("minimal")\nvm:boot()\n' + tests)
+    (suite / "twenty.sh").write_text("set -e\n" + "".join(f"{cmd} >/dev/null\n" for cmd in COMMANDS))
+    return suite / "uname.lua", suite / "twenty.lua"
+
+
+def one_command_rows(runs, vng):
+    suite = Path(tempfile.mkdtemp(prefix="provium-one-"))
+    one_boot_suites(suite)
     kernel = str(config.load().profile("minimal").kernel)
-    ours, theirs = [], []
+    measures = {  # name: (provium's file, what vng runs)
+        "uname -r in a fresh VM": ("uname.lua", "uname -r"),
+        "20 commands, one VM": ("twenty.lua", f"sh {suite / 'twenty.sh'}"),
+    }
+    ours = {name: [] for name in measures}
+    theirs = {name: [] for name in measures}
     reason = None
     for _ in range(runs):
-        started = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", "provium", "run", "-j1", "uname.lua"], cwd=suite,
-                                capture_output=True, text=True)
-        ours.append(time.monotonic() - started)
-        assert result.returncode == 0, result.stdout + result.stderr
-        if vng is None:
-            reason = "virtme-ng is not installed (pip install virtme-ng; vng must be on PATH)"
-            continue
-        started = time.monotonic()
-        result = subprocess.run([vng, "--run", kernel, "--disable-kvm", "--exec", "uname -r"], cwd=suite,
-                                capture_output=True, text=True, timeout=600,
-                                env={**os.environ, "PATH": f"{Path(vng).parent}:{os.environ['PATH']}"})
-        if result.returncode != 0:
-            reason = f"vng failed (exit {result.returncode}): {(result.stderr or result.stdout).strip()[-200:]}"
-            continue
-        theirs.append(time.monotonic() - started)
+        for name, (lua_file, command) in measures.items():
+            started = time.monotonic()
+            result = subprocess.run([sys.executable, "-m", "provium", "run", "-j1", lua_file], cwd=suite,
+                                    capture_output=True, text=True)
+            ours[name].append(time.monotonic() - started)
+            assert result.returncode == 0, result.stdout + result.stderr
+            if vng is None:
+                reason = "virtme-ng is not installed (pip install virtme-ng; vng must be on PATH)"
+                continue
+            started = time.monotonic()
+            result = subprocess.run([vng, "--run", kernel, "--disable-kvm", "--exec", command], cwd=suite,
+                                    capture_output=True, text=True, timeout=600,
+                                    env={**os.environ, "PATH": f"{Path(vng).parent}:{os.environ['PATH']}"})
+            if result.returncode != 0:
+                reason = f"vng failed (exit {result.returncode}): {(result.stderr or result.stdout).strip()[-200:]}"
+                continue
+            theirs[name].append(time.monotonic() - started)
     shutil.rmtree(suite, ignore_errors=True)
-    return [("uname -r in a fresh VM", "vng --run --exec (9p root)", ours, theirs, 8.0)], reason
+    return [("uname -r in a fresh VM", "vng --run --exec (9p root)", ours["uname -r in a fresh VM"],
+             theirs["uname -r in a fresh VM"], 8.0),
+            ("20 commands, one VM", "vng --exec of a 20-line script", ours["20 commands, one VM"],
+             theirs["20 commands, one VM"], None)], reason
 
 
 def main(argv=None):
