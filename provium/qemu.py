@@ -43,7 +43,7 @@ CONSOLE_LOG_HEAD = 256 * 1024
 
 # Each entry was measured to shorten a TCG boot (see the README's Performance section).
 FAST_CMDLINE = (
-    "quiet cryptomgr.notests rodata=off mitigations=off init_on_alloc=0 no_timer_check "
+    "quiet cryptomgr.notests rodata=off init_on_alloc=0 no_timer_check "
     "ipv6.disable=1 pnpacpi=off 8250.nr_uarts=1 audit=0 "
     "initcall_blacklist=crypto_kdf108_init,init_kprobe_trace,cubictcp_register,"
     "tcp_congestion_default,bpf_rstat_kfunc_init,bpf_key_sig_kfuncs_init,kfunc_init,"
@@ -106,6 +106,10 @@ def kernel_cmdline(accel: str, tsc_khz: int, extra: str = "") -> str:
     if accel == "tcg":
         # microvm under TCG hangs in most boots without these: the guest TSC is the host's.
         words.append(f"tsc_early_khz={tsc_khz} tsc=reliable")
+    else:
+        # Under TCG, mitigations=off costs ~0.3 s of a 1.3 s boot: with Spectre v2 off the kernel rewrites
+        # every retpoline call site, and TCG pays for self-modifying code. Under KVM the rewrite is quick.
+        words.append("mitigations=off")
     if extra:
         words.append(extra)
     return " ".join(words)
