@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,36 +104,57 @@ void child_exec(char **argv, char **env)
 	_exit(127);
 }
 
-pid_t child_fork(struct child *ch)
+pid_t child_vfork(struct child *ch, void (*run)(void *arg), void *arg)
 {
-	ch->pid = fork();
-	if (ch->pid > 0)
-		ch->pidfd = (int)syscall(SYS_pidfd_open, ch->pid, 0);
-	return ch->pid;
+	sigset_t all, old;
+	pid_t pid;
+	int err;
+
+	/* no signal handler may run in the child while it shares our memory: child_reset unblocks */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pid = vfork();
+	if (pid == 0)
+		run(arg);
+	err = errno;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	ch->pid = pid;
+	if (pid > 0)
+		ch->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	errno = err;
+	return pid;
 }
 
-/* In the forked child: only async-signal-safe calls until execve. */
-static void __attribute__((noreturn)) exec_child(const char *cmd, char **env, int out_w, int err_w)
+struct exec_args {
+	const char *cmd;
+	char **env;
+	int out_w, err_w;
+};
+
+/* In the vforked child: only async-signal-safe calls until execve. */
+static void __attribute__((noreturn)) exec_child(void *arg)
 {
-	char *argv[] = { "sh", "-c", (char *)cmd, NULL };
+	const struct exec_args *a = arg;
+	char *argv[] = { "sh", "-c", (char *)a->cmd, NULL };
 	int o, e, nul;
 
 	child_reset();
 	/* move the pipe ends above 2 first, in case 0-2 were closed and they got those numbers */
-	o = fcntl(out_w, F_DUPFD_CLOEXEC, 3);
-	e = fcntl(err_w, F_DUPFD_CLOEXEC, 3);
+	o = fcntl(a->out_w, F_DUPFD_CLOEXEC, 3);
+	e = fcntl(a->err_w, F_DUPFD_CLOEXEC, 3);
 	nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (o < 0 || e < 0 || nul < 0 || dup2(nul, 0) < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0)
 		_exit(127);
 	if (chdir("/") < 0)
 		_exit(127);
-	child_exec(argv, env);
+	child_exec(argv, a->env);
 }
 
 int child_start(struct child *ch, struct conn *c, const char *op, const char *cmd, int stream)
 {
 	int outp[2] = { -1, -1 }, errp[2] = { -1, -1 };
 	char **env = child_env(NULL, 0);
+	struct exec_args args;
 	int ret = -1;
 
 	*ch = (struct child){
@@ -148,12 +170,11 @@ int child_start(struct child *ch, struct conn *c, const char *op, const char *cm
 		reply_errno(c, op, "pipe", errno);
 		goto out;
 	}
-	if (child_fork(ch) < 0) {
-		reply_errno(c, op, "fork", errno);
+	args = (struct exec_args){ .cmd = cmd, .env = env, .out_w = outp[1], .err_w = errp[1] };
+	if (child_vfork(ch, exec_child, &args) < 0) {
+		reply_errno(c, op, "vfork", errno);
 		goto out;
 	}
-	if (ch->pid == 0)
-		exec_child(cmd, env, outp[1], errp[1]);
 	ch->out.fd = outp[0];
 	ch->err.fd = errp[0];
 	outp[0] = errp[0] = -1;

@@ -45,20 +45,26 @@ int child_start(struct child *ch, struct conn *c, const char *op, const char *cm
 /*
  * environ with PATH=AGENT_PATH and each of set[0..n_set) applied: "NAME=value"
  * replaces the variable NAME, "NAME" removes it. NULL when out of memory.
- * Built before fork (no malloc in the child); free() only the array.
+ * Built before vfork (no malloc in the child); free() only the array.
  */
 char **child_env(char **set, size_t n_set);
 
-/* fork() for ch: in the parent, ch->pid and ch->pidfd (-1 without one) are set. Returns as fork. */
-pid_t child_fork(struct child *ch);
+/*
+ * Start a child for ch with vfork() and run run(arg) in it; run shares the
+ * caller's memory (every signal blocked) until it execs, so it makes only
+ * async-signal-safe calls, begins with child_reset and ends in execve or
+ * _exit. Returns once the child has exec'd or exited: its pid, with ch->pid
+ * and ch->pidfd (-1 without one) set, or -1 (errno).
+ */
+pid_t child_vfork(struct child *ch, void (*run)(void *arg), void *arg);
 
 /*
- * In a forked child: a new session, SIGKILL when the worker that forked it
+ * In a vforked child: a new session, SIGKILL when the worker that forked it
  * ends (best effort), default signal dispositions and an empty signal mask.
  */
 void child_reset(void);
 
-/* In a forked child: execve /bin/sh with argv and env; on failure say so on fd 2 and _exit(127). */
+/* In a vforked child: execve /bin/sh with argv and env; on failure say so on fd 2 and _exit(127). */
 void child_exec(char **argv, char **env) __attribute__((noreturn));
 
 /*

@@ -232,15 +232,21 @@ static int open_terminal(struct conn *c, const struct winsize *ws, int *master, 
 	return -1;
 }
 
-/* In the forked child: the shell on the slave (async-signal-safe calls only). */
-static void __attribute__((noreturn)) shell_child(int slave, char **env)
+struct shell_args {
+	int slave;
+	char **env;
+};
+
+/* In the vforked child: the shell on the slave (async-signal-safe calls only). */
+static void __attribute__((noreturn)) shell_child(void *arg)
 {
+	const struct shell_args *a = arg;
 	static const char msg[] = "provium-agent: cannot make the terminal the shell's controlling terminal\n";
 	char *argv[] = { "sh", "-i", NULL };
 	int t;
 
 	child_reset(); /* a new session, which the terminal can then control */
-	t = fcntl(slave, F_DUPFD_CLOEXEC, 3); /* above 2 first, in case 0-2 were closed */
+	t = fcntl(a->slave, F_DUPFD_CLOEXEC, 3); /* above 2 first, in case 0-2 were closed */
 	if (t < 0 || dup2(t, 0) < 0 || dup2(t, 1) < 0 || dup2(t, 2) < 0)
 		_exit(127);
 	if (ioctl(0, TIOCSCTTY, 0) < 0) {
@@ -249,7 +255,7 @@ static void __attribute__((noreturn)) shell_child(int slave, char **env)
 		}
 		_exit(127);
 	}
-	child_exec(argv, env);
+	child_exec(argv, a->env);
 }
 
 void op_pty_open(struct worker *w, const struct mp_value *req)
@@ -258,6 +264,7 @@ void op_pty_open(struct worker *w, const struct mp_value *req)
 	char *term = NULL, *ps1 = NULL, *set[5], **env = NULL;
 	int master, slave, n_set = 0;
 	struct pty *p = NULL;
+	struct shell_args args;
 	struct winsize ws;
 	struct mp_map m;
 
@@ -286,14 +293,13 @@ void op_pty_open(struct worker *w, const struct mp_value *req)
 	if (open_terminal(c, &ws, &master, &slave) < 0)
 		goto out;
 	p->ch = (struct child){ .pidfd = -1, .out.fd = -1, .err.fd = -1 };
-	if (child_fork(&p->ch) < 0) {
-		reply_errno(c, "pty_open", "fork", errno);
+	args = (struct shell_args){ .slave = slave, .env = env };
+	if (child_vfork(&p->ch, shell_child, &args) < 0) {
+		reply_errno(c, "pty_open", "vfork", errno);
 		close(slave);
 		close(master);
 		goto out;
 	}
-	if (p->ch.pid == 0)
-		shell_child(slave, env);
 	close(slave);
 	p->master = master;
 	p->chan = c->chan;
