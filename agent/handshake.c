@@ -53,6 +53,7 @@ static struct wslot *spawn_slot(struct router *r, const struct request *rq, int 
 		msg_error(&r->out, rq->id, ENOMEM, "spawn: out of memory");
 		return NULL;
 	}
+	port_slot_opened(r, s);
 	*peer = sv[1];
 	return s;
 }
@@ -72,6 +73,7 @@ int spawn_start(struct router *r, const struct request *rq)
 	mp_map_cstr(&m, "op", "spawn");
 	mp_map_bool(&m, "thread", thread && thread->type == MP_BOOL && thread->v.b);
 	mp_map_uint(&m, "channel", s->chan);
+	mp_map_uint(&m, "slot", (uint64_t)(s - r->slots.w));
 	mp_map_end(&m);
 	if (r->out.failed || outq_push_frame(&main->q, CHAN_ROUTER, r->out.data, r->out.len, peer) < 0) {
 		close(peer);

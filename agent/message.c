@@ -4,9 +4,7 @@
  */
 #define _GNU_SOURCE
 #include "message.h"
-#include "frame.h"
 
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -47,15 +45,6 @@ int req_op_is(const struct request *rq, const char *name)
 	size_t n = strlen(name);
 
 	return rq->op_len == n && memcmp(rq->op, name, n) == 0;
-}
-
-int msg_send(int fd, uint16_t chan, const struct mp_buf *b)
-{
-	if (b->failed || b->len == 0) {
-		errno = ENOMEM;
-		return -1;
-	}
-	return frame_write(fd, chan, b->data, b->len);
 }
 
 void msg_error(struct mp_buf *b, uint64_t id, int err, const char *fmt, ...)

@@ -1,8 +1,8 @@
 /*
  * message.h: the message layer between frames and ops, shared by the router
  * and the workers: parsing a request's id and op, encoding error replies and
- * error events, sending an encoded map as a frame. Error texts are made valid
- * UTF-8 (they may quote paths and op names sent by the host).
+ * error events. Error texts are made valid UTF-8 (they may quote paths and
+ * op names sent by the host).
  */
 #ifndef PROVIUM_MESSAGE_H
 #define PROVIUM_MESSAGE_H
@@ -30,9 +30,6 @@ enum req_status req_parse(const uint8_t *payload, size_t len, struct mp_value *n
 			  size_t cap, struct request *rq, const char **why);
 
 int req_op_is(const struct request *rq, const char *name);
-
-/* Send the map in b as one frame on chan. 0, or -1 (encoding failed or write error). */
-int msg_send(int fd, uint16_t chan, const struct mp_buf *b);
 
 /* Encode {id, error: formatted text [, errno: err if err != 0]} into b (replacing its content). */
 void msg_error(struct mp_buf *b, uint64_t id, int err, const char *fmt, ...)

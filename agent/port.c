@@ -29,13 +29,40 @@ void host_exit(struct router *r, int code)
 
 /* ---- writing ---- */
 
-void port_send(struct router *r, uint16_t chan, const void *payload, size_t len)
+/* Write one frame under the port's lock; forwarded_by: the worker's slot it came from, or NULL. */
+static void send_locked(struct router *r, uint16_t chan, const void *payload, size_t len, const struct wslot *forwarded_by)
 {
-	if (frame_write(r->out_fd, chan, payload, len) == 0)
+	int ret, err;
+
+	if (r->share)
+		port_lock(r->share);
+	ret = frame_write(r->out_fd, chan, payload, len);
+	err = errno;
+	if (r->share && forwarded_by)
+		r->share->forwarded[forwarded_by - r->slots.w]++;
+	if (r->share)
+		port_unlock(r->share);
+	if (ret == 0)
 		return;
-	fprintf(stderr, "provium-agent: cannot write to the host: %s\n", strerror(errno));
+	fprintf(stderr, "provium-agent: cannot write to the host: %s\n", strerror(err));
 	if (r->host_mode)
 		host_exit(r, 1);
+}
+
+void port_send(struct router *r, uint16_t chan, const void *payload, size_t len)
+{
+	send_locked(r, chan, payload, len, NULL);
+}
+
+void port_forward(struct router *r, const struct wslot *s, const struct frame *f)
+{
+	send_locked(r, f->chan, f->payload, f->len, s);
+}
+
+void port_slot_opened(struct router *r, const struct wslot *s)
+{
+	if (r->share)
+		r->share->forwarded[s - r->slots.w] = 0; /* no write of a worker of s can be waiting: it has none yet */
 }
 
 void port_send_out(struct router *r, uint16_t chan)

@@ -34,13 +34,10 @@ struct pty {
 
 /* ---- events ---- */
 
-/* Send the event encoded in c->out on chan; a failed write ends the worker as a failed reply does. */
+/* Send the event encoded in c->out on chan (out of memory: it is lost); a failed write ends the worker as a failed reply does. */
 static void event_send(struct conn *c, uint16_t chan)
 {
-	if (c->dead || c->out.failed) /* out of memory: the event is lost */
-		return;
-	if (msg_send(c->fd, chan, &c->out) < 0)
-		c->dead = 1;
+	conn_send(c, chan, &c->out);
 }
 
 /* Read once from the master and send what came as {event: "pty_output", data}. Bytes read, 0 or -1 (errno). */

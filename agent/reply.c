@@ -4,24 +4,67 @@
  */
 #define _GNU_SOURCE
 #include "reply.h"
+#include "frame.h"
 #include "message.h"
+#include "proto.h"
 
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- replies ---- */
 
+/* Write all of p[0..len) to fd (one write() on the port; loops on partial writes, as in host mode). 0, or -1. */
+static int write_whole(int fd, const uint8_t *p, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Write the frame in one write() to the port, if it fits and nothing of c's is still with the router. 0, or -1. */
+static int send_direct(struct conn *c, uint16_t chan, const struct mp_buf *b)
+{
+	uint8_t frame[PORT_WRITE_MAX];
+	int ret = -1;
+
+	if (!c->share || chan == CHAN_ROUTER || b->len > sizeof(frame) - FRAME_HEADER)
+		return -1;
+	frame_header(frame, chan, (uint32_t)b->len);
+	memcpy(frame + FRAME_HEADER, b->data, b->len);
+	port_lock(c->share);
+	if (c->share->forwarded[c->slot] == c->routed)
+		ret = write_whole(c->port_fd, frame, FRAME_HEADER + b->len);
+	port_unlock(c->share);
+	return ret;
+}
+
+void conn_send(struct conn *c, uint16_t chan, const struct mp_buf *b)
+{
+	if (c->dead || b->failed || b->len == 0 || send_direct(c, chan, b) == 0)
+		return;
+	if (frame_write(c->fd, chan, b->data, b->len) < 0)
+		c->dead = 1;
+	else
+		c->routed++;
+}
+
 void reply_send(struct conn *c)
 {
-	if (c->dead)
-		return;
 	if (c->out.failed) /* out of memory: try a short error reply instead */
 		msg_error(&c->out, c->id, ENOMEM, "reply could not be encoded (out of memory)");
-	if (msg_send(c->fd, c->chan, &c->out) < 0)
-		c->dead = 1;
+	conn_send(c, c->chan, &c->out);
 }
 
 void reply_error(struct conn *c, int err, const char *fmt, ...)

@@ -34,28 +34,28 @@
 
 /* ---- the main worker ---- */
 
-/* The forked worker process: keep only the socket (as fd 3) and stderr. */
-static void __attribute__((noreturn)) worker_process(int fd, int host_mode)
+/* The forked worker process of slot: keep only the socket (as fd 3), the port (as PORT_FD) and stderr. */
+static void __attribute__((noreturn)) worker_process(const struct router *r, int fd, int slot)
 {
 	struct worker *w;
 	sigset_t none;
+	int sock, port;
 
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	/* SIGPIPE stays ignored: a write to a dead router fails and the worker ends */
-	if (fd != 3) {
-		if (dup3(fd, 3, O_CLOEXEC) < 0)
-			_exit(1);
-		fd = 3;
-	}
-	if (syscall(SYS_close_range, 4U, ~0U, 0U) < 0) {
+	sock = fcntl(fd, F_DUPFD_CLOEXEC, PORT_FD + 1); /* above both targets first */
+	port = fcntl(r->out_fd, F_DUPFD_CLOEXEC, PORT_FD + 1);
+	if (sock < 0 || port < 0 || dup3(sock, 3, O_CLOEXEC) < 0 || dup3(port, PORT_FD, O_CLOEXEC) < 0)
+		_exit(1);
+	if (syscall(SYS_close_range, PORT_FD + 1U, ~0U, 0U) < 0) {
 		long max = sysconf(_SC_OPEN_MAX);
 
-		for (long i = 4; i < (max > 0 && max < 65536 ? max : 65536); i++)
+		for (long i = PORT_FD + 1; i < (max > 0 && max < 65536 ? max : 65536); i++)
 			close((int)i);
 	}
-	if (host_mode) {
-		/* stdin/stdout are the host's pipe: the worker must not hold them */
+	if (r->host_mode) {
+		/* stdin/stdout are the host's pipe: the worker holds it only as PORT_FD */
 		int nul = open("/dev/null", O_RDWR);
 
 		if (nul >= 0) {
@@ -66,7 +66,7 @@ static void __attribute__((noreturn)) worker_process(int fd, int host_mode)
 		}
 	}
 	w = malloc(sizeof(*w));
-	if (!w || worker_init(w, fd) < 0) {
+	if (!w || worker_init(w, 3, PORT_FD, r->share, slot) < 0) {
 		fprintf(stderr, "provium-agent: worker: out of memory\n");
 		_exit(1);
 	}
@@ -93,9 +93,10 @@ static int start_worker(struct router *r)
 		errno = ENOMEM;
 		return -1;
 	}
+	port_slot_opened(r, s);
 	pid = fork();
 	if (pid == 0)
-		worker_process(sv[1], r->host_mode);
+		worker_process(r, sv[1], (int)(s - r->slots.w));
 	err = errno;
 	close(sv[1]);
 	if (pid < 0) {
@@ -183,7 +184,7 @@ static void from_worker(struct router *r, struct wslot *s)
 		while (frame_next(&s->rd, &f)) {
 			if (f.chan == CHAN_ROUTER && s->chan == CHAN_MAIN && r->spawning)
 				spawn_replied(r, &f);
-			port_send(r, f.chan, f.payload, f.len);
+			port_forward(r, s, &f);
 		}
 		return;
 	}
@@ -230,6 +231,10 @@ static struct router *router_new(int in_fd, int out_fd, int host_mode)
 	r->in_fd = in_fd;
 	r->out_fd = out_fd;
 	r->host_mode = host_mode;
+	r->share = port_share_new();
+	if (!r->share)
+		fprintf(stderr, "provium-agent: no shared page for the port's lock (%s): workers write through the router\n",
+			strerror(errno));
 	signal(SIGPIPE, SIG_IGN);
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);

@@ -9,6 +9,7 @@
 #include "frame.h"
 #include "message.h"
 #include "msgpack.h"
+#include "portshare.h"
 #include "slots.h"
 
 #include <stdint.h>
@@ -26,6 +27,7 @@ struct router {
 	struct frame_reader rd; /* frames from the host */
 	struct mp_buf out;      /* the router's own replies */
 	struct slots slots;
+	struct port_share *share; /* the port's lock, shared with the workers; NULL: they write through us */
 	struct mp_value nodes[MP_MAX_NODES];
 };
 
@@ -38,6 +40,10 @@ typedef void port_frame_fn(struct router *r, const struct frame *f);
 void port_receive(struct router *r, port_frame_fn *deliver);
 /* Write one frame to the host (in host mode, leave if that fails). */
 void port_send(struct router *r, uint16_t chan, const void *payload, size_t len);
+/* Write one frame from the worker of s to the host, counting it for the worker (portshare.h). */
+void port_forward(struct router *r, const struct wslot *s, const struct frame *f);
+/* The slot s is taken by a new worker: nothing of it is forwarded yet. */
+void port_slot_opened(struct router *r, const struct wslot *s);
 /* Send the map encoded in r->out. */
 void port_send_out(struct router *r, uint16_t chan);
 /* The event {event: "hello", proto, agent}: sent at start and whenever the host comes back. */

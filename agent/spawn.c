@@ -26,12 +26,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* Serve fd as a new worker until its connection ends. */
-static void serve(int fd)
+/* Serve fd as the new worker of slot, reaching the port as the spawning worker does, until its connection ends. */
+static void serve(const struct conn *spawner, int fd, int slot)
 {
 	struct worker *nw = malloc(sizeof(*nw));
 
-	if (!nw || worker_init(nw, fd) < 0) {
+	if (!nw || worker_init(nw, fd, spawner->port_fd, spawner->share, slot) < 0) {
 		fprintf(stderr, "provium-agent: new worker: out of memory\n");
 		free(nw);
 		close(fd);
@@ -44,7 +44,8 @@ static void serve(int fd)
 }
 
 struct thread_start {
-	int fd;
+	struct conn spawner; /* a copy of the spawning worker's connection: how to reach the port */
+	int fd, slot;
 	int report; /* write end of a pipe: the new thread's tid */
 };
 
@@ -58,7 +59,7 @@ static void *thread_main(void *arg)
 		/* the spawning worker is gone; serve anyway */
 	}
 	close(st.report);
-	serve(st.fd);
+	serve(&st.spawner, st.fd, st.slot);
 	return NULL;
 }
 
@@ -74,7 +75,7 @@ static pid_t read_pid(int fd)
 	return n == (ssize_t)sizeof(p) ? p : 0;
 }
 
-static pid_t start_thread(int fd, int *err)
+static pid_t start_thread(const struct conn *spawner, int fd, int slot, int *err)
 {
 	struct thread_start *st = malloc(sizeof(*st));
 	pthread_attr_t attr;
@@ -87,7 +88,9 @@ static pid_t start_thread(int fd, int *err)
 		free(st);
 		return 0;
 	}
+	st->spawner = *spawner;
 	st->fd = fd;
+	st->slot = slot;
 	st->report = p[1];
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -104,7 +107,7 @@ static pid_t start_thread(int fd, int *err)
 	return tid;
 }
 
-static pid_t start_process(struct worker *w, int fd, int *err)
+static pid_t start_process(struct worker *w, int fd, int slot, int *err)
 {
 	int p[2];
 	pid_t mid, pid;
@@ -132,7 +135,7 @@ static pid_t start_process(struct worker *w, int fd, int *err)
 		close(w->conn.fd); /* the parent's connection is not ours */
 		jobs_destroy(&w->jobs, w->chunk, 1); /* nor are its jobs: forget them, they are the parent's to kill */
 		pty_destroy(&w->pty, w->chunk, 1); /* nor its terminal session */
-		serve(fd);
+		serve(&w->conn, fd, slot);
 		_exit(0);
 	}
 	close(p[1]);
@@ -149,13 +152,18 @@ void op_spawn(struct worker *w, const struct mp_value *req)
 {
 	const struct mp_value *thread = arg_opt(req, "thread");
 	int fd = w->pending_fd, err = 0;
-	uint64_t chan;
+	uint64_t chan, slot;
 	pid_t pid, tid;
 	struct mp_map m;
 
 	w->pending_fd = -1;
-	if (arg_int(&w->conn, mp_map_get(req, "channel"), "spawn", "channel", &chan) < 0)
+	if (arg_int(&w->conn, mp_map_get(req, "channel"), "spawn", "channel", &chan) < 0 ||
+	    arg_int(&w->conn, mp_map_get(req, "slot"), "spawn", "slot", &slot) < 0)
 		goto fail;
+	if (slot >= MAX_WORKERS) {
+		reply_error(&w->conn, 0, "spawn: field 'slot' must be below %d", MAX_WORKERS);
+		goto fail;
+	}
 	if (fd < 0) {
 		reply_error(&w->conn, 0, "spawn: no socket came with the request");
 		return;
@@ -166,9 +174,9 @@ void op_spawn(struct worker *w, const struct mp_value *req)
 	}
 	if (thread && thread->v.b) {
 		pid = getpid();
-		tid = start_thread(fd, &err);
+		tid = start_thread(&w->conn, fd, (int)slot, &err);
 	} else {
-		pid = tid = start_process(w, fd, &err);
+		pid = tid = start_process(w, fd, (int)slot, &err);
 		close(fd);
 	}
 	if (!tid) {

@@ -15,10 +15,13 @@
 #include <string.h>
 #include <unistd.h>
 
-int worker_init(struct worker *w, int fd)
+int worker_init(struct worker *w, int fd, int port_fd, struct port_share *share, int slot)
 {
 	memset(w, 0, sizeof(*w));
 	w->conn.fd = fd;
+	w->conn.port_fd = port_fd;
+	w->conn.share = share;
+	w->conn.slot = slot;
 	w->pending_fd = -1;
 	w->chunk = malloc(CHUNK);
 	if (!w->chunk)

@@ -26,8 +26,12 @@ struct worker {
 	struct mp_value nodes[MP_MAX_NODES];
 };
 
-/* Prepare w to serve fd. 0, or -1 (errno). */
-int worker_init(struct worker *w, int fd);
+/*
+ * Prepare w to serve the router connection fd, writing what it can straight
+ * to the port port_fd under share (NULL: everything through the router) as
+ * the worker of slot. 0, or -1 (errno).
+ */
+int worker_init(struct worker *w, int fd, int port_fd, struct port_share *share, int slot);
 
 /* Serve requests until the connection ends. */
 void worker_loop(struct worker *w);
