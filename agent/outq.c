@@ -43,6 +43,22 @@ int outq_push(struct outq *q, const void *p, size_t n)
 	return 0;
 }
 
+int outq_send(struct outq *q, int sock, const void *p, size_t n)
+{
+	ssize_t sent = 0;
+
+	if (q->len == 0) {
+		do
+			sent = send(sock, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		while (sent < 0 && errno == EINTR);
+		if (sent < 0 && errno != EAGAIN)
+			return 0; /* the worker is gone: its EOF and exit follow */
+		if (sent < 0)
+			sent = 0;
+	}
+	return (size_t)sent == n ? 0 : outq_push(q, (const uint8_t *)p + sent, n - (size_t)sent);
+}
+
 int outq_push_frame(struct outq *q, uint16_t chan, const void *payload, size_t len, int fd)
 {
 	uint8_t hdr[FRAME_HEADER];

@@ -20,6 +20,12 @@ struct outq {
 void outq_init(struct outq *q);
 /* Queue n bytes. 0, or -1 (out of memory: nothing queued). */
 int outq_push(struct outq *q, const void *p, size_t n);
+/*
+ * Send n bytes to sock, at once when nothing is queued (no copy), and queue
+ * what it does not take now. 0, or -1 (out of memory: the rest is not
+ * queued, so the worker gets a cut frame, which its reader skips).
+ */
+int outq_send(struct outq *q, int sock, const void *p, size_t n);
 /* Queue one frame on chan with fd attached to it (the queue takes fd on success). 0, or -1 (nothing queued). */
 int outq_push_frame(struct outq *q, uint16_t chan, const void *payload, size_t len, int fd);
 /* Write as much of the queue to sock as it takes now; a dead sock empties the queue. */

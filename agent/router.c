@@ -1,9 +1,11 @@
 /*
  * router.c: the router's loop. One poll() over the port (host -> agent), a
  * signalfd for SIGCHLD and every worker socket. Channel 0 is answered by the
- * router itself (control.c); frames for other channels are queued unchanged
- * to that channel's worker (outq.c), so a busy worker never blocks the
- * router; frames from workers are written whole to the port (port.c). The
+ * router itself (control.c); frames for other channels are sent unchanged
+ * to that channel's worker, queued (outq.c) only when its socket is full, so
+ * a busy worker never blocks the router. Workers write most of their frames
+ * to the port themselves (portshare.h); those they send here are written
+ * whole to the port (port.c). The
  * main worker (channel 1) is started here at once and restarted whenever it
  * exits; other workers come through spawn (handshake.c).
  */
@@ -208,12 +210,10 @@ static void host_frame(struct router *r, const struct frame *f)
 		snprintf(text, sizeof(text), "no worker on channel %u", (unsigned)f->chan);
 	else if (s->q.len + f->raw_len > QUEUE_CAP)
 		snprintf(text, sizeof(text), "channel %u: the worker's queue is full (16 MiB)", (unsigned)f->chan);
-	else if (outq_push(&s->q, f->raw, f->raw_len) < 0)
+	else if (outq_send(&s->q, s->fd, f->raw, f->raw_len) < 0)
 		snprintf(text, sizeof(text), "channel %u: out of memory", (unsigned)f->chan);
-	else {
-		outq_flush(&s->q, s->fd);
+	else
 		return;
-	}
 	port_reject(r, f, text);
 }
 
