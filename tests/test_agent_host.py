@@ -5,6 +5,7 @@ import os
 import random
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -179,6 +180,24 @@ def test_spawned_workers_and_kill(agent):
             op(agent, "ping", worker["channel"])
     with pytest.raises(AgentError, match="no spawned worker on channel 1"):
         op(agent, "kill_worker", protocol.ROUTER_CHANNEL, channel=1)
+    assert op(agent, "exec", cmd="echo ok")["stdout"] == b"ok\n"
+
+
+def test_workers_killed_while_they_write_to_the_port_leave_it_whole(agent):
+    """Workers write their frames to the port themselves, under a lock shared with the router: killing them in the
+    middle of a stream of output cuts no frame and leaves no lock held."""
+    for _ in range(5):
+        fork = op(agent, "spawn", protocol.ROUTER_CHANNEL, thread=False)
+        ended = []
+        streaming = threading.Thread(target=lambda: ended.append(
+            pytest.raises(AgentError, op, agent, "exec", fork["channel"], cmd="while :; do echo x; done")))
+        streaming.start()
+        time.sleep(0.05 + random.random() * 0.1)
+        op(agent, "kill_worker", protocol.ROUTER_CHANNEL, channel=fork["channel"])
+        agent.abandon(fork["channel"], AgentError("killed"))
+        streaming.join(T)
+        assert ended and op(agent, "ping", protocol.ROUTER_CHANNEL)["id"] > 0
+    assert op(agent, "exec", cmd="head -c 300000 /dev/zero")["stdout"] == bytes(300000)
     assert op(agent, "exec", cmd="echo ok")["stdout"] == b"ok\n"
 
 
