@@ -2,11 +2,14 @@
 
 Run: python bench/ops.py [--iterations N]. One booted VM; the ops and their
 limits are measured interleaved round by round, so machine drift hits each
-alike:
+alike; each op is called once untimed before it is timed, so that it does not
+pay for what the guest still does after the op before (a ping right after an
+exec takes 2-3x its time):
 - a raw syscall against a `ping` the router answers itself (the channel's
   round trip, no worker);
 - exec("true") against the guest starting `/bin/sh -c true` and reaping it,
-  timed inside the guest by bench/guest_floor.c (posix_spawn + waitpid);
+  timed inside the guest by bench/guest_floor.c (vfork + execve + waitpid,
+  the fastest honest way; posix_spawn's figure beside it);
 - read_file/write_file of 16 MiB against a plain stream of as many bytes
   through a second virtio-serial port of the same guest (dd in the guest, a
   socket on the host);
@@ -125,8 +128,8 @@ def main(argv=None):
             assert vm.job_wait(job_id, 30).exit_code == 0
             vm.job_kill(job_id)
 
-        def spawn_floor():
-            line = vm.exec(f"/tmp/guest_floor spawn {FLOOR_BATCH}").stdout.decode()
+        def spawn_floor(mode):
+            line = vm.exec(f"/tmp/guest_floor {mode} {FLOOR_BATCH}").stdout.decode()
             return float(dict(w.split("=") for w in line.split()[1:])["median_us"]) / 1e6
 
         timed = {  # name: the op, timed from the host
@@ -142,7 +145,8 @@ def main(argv=None):
             "job start + wait": job,
         }
         measured = {  # name: a function returning its own measure in seconds
-            "sh -c true in the guest": spawn_floor,
+            "sh -c true in the guest": lambda: spawn_floor("spawn"),
+            "... with posix_spawn": lambda: spawn_floor("posix_spawn"),
             "port stream 16 MiB out": lambda: port.from_guest(16 * MIB),
             "port stream 16 MiB in": lambda: port.to_guest(16 * MIB),
         }
@@ -155,6 +159,7 @@ def main(argv=None):
             for name, fn in timed.items():
                 if name in heavy_names and i >= heavy:
                     continue
+                fn()  # untimed: the guest finishes the previous op's leftovers (a shell's exit, reaping) here
                 started = time.perf_counter()
                 fn()
                 samples[name].append(time.perf_counter() - started)
