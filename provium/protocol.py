@@ -34,7 +34,10 @@ def encode(channel, message):
 
 def decode_header(header):
     """(channel, length) of an 8-byte header; ProtocolError if it is invalid."""
-    magic, channel, length = HEADER.unpack(header)
+    return _checked_header(*HEADER.unpack(header))
+
+
+def _checked_header(magic, channel, length):
     if magic != MAGIC:
         raise ProtocolError(f"bad frame magic {magic!r} (expected {MAGIC!r})")
     if not 1 <= length <= MAX_PAYLOAD:
@@ -64,16 +67,24 @@ class FrameDecoder:
     """
 
     def __init__(self):
-        self._buf = bytearray()
+        self._buf = bytearray()  # the start of a frame not whole yet
 
     def feed(self, data):
-        self._buf += data
+        if self._buf:
+            self._buf += data
+            data = self._buf
         frames = []
-        while len(self._buf) >= HEADER_SIZE:
-            channel, length = decode_header(bytes(self._buf[:HEADER_SIZE]))
-            end = HEADER_SIZE + length
-            if len(self._buf) < end:
-                break
-            frames.append((channel, decode_payload(bytes(self._buf[HEADER_SIZE:end]))))
-            del self._buf[:end]
+        start, size = 0, len(data)
+        with memoryview(data) as view:  # payloads are decoded in place, not copied out first
+            while size - start >= HEADER_SIZE:
+                channel, length = _checked_header(*HEADER.unpack_from(data, start))
+                end = start + HEADER_SIZE + length
+                if end > size:
+                    break
+                frames.append((channel, decode_payload(view[start + HEADER_SIZE:end])))
+                start = end
+        if data is self._buf:
+            del self._buf[:start]
+        elif start < size:
+            self._buf = bytearray(data[start:])
         return frames
