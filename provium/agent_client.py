@@ -30,11 +30,18 @@ class ConnectionLost(ProtocolError):
     """The other end closed the connection (QEMU exited or the agent died)."""
 
 
+def _lost_while_sending(exc: OSError | ValueError) -> ConnectionLost:
+    """ValueError: the socket was closed meanwhile."""
+    return ConnectionLost(f"agent connection lost while sending: {getattr(exc, 'strerror', None) or exc}")
+
+
 WATCH_INTERVAL = 0.2
 
 
 class _Pending:
     """A request in flight: its reply merged so far, then its outcome (the reply or an exception)."""
+
+    __slots__ = ("channel", "op", "merged", "total", "reply", "error")
 
     def __init__(self, channel: int, op: str):
         self.channel, self.op = channel, op
@@ -60,6 +67,7 @@ class AgentClient:
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
         self._reading = False  # a thread is reading the socket (outside the condition's lock)
+        self._waiting = 0  # threads waiting on the condition for the reader
         self._pending: dict[int, _Pending] = {}
         self._hello: _Pending | None = None  # wait_hello's, until the hello event arrives
         self._next_id = 1
@@ -76,7 +84,7 @@ class AgentClient:
         with self._cond:
             self._hello = waiter = _Pending(protocol.ROUTER_CHANNEL, "hello")
         try:
-            return self._await(waiter, time.monotonic() + timeout, "the agent's hello")
+            return self._await(waiter, time.monotonic() + timeout)
         finally:
             self._hello = None
 
@@ -99,7 +107,7 @@ class AgentClient:
         deadline = time.monotonic() + timeout
         try:
             self._send(channel, {"id": request_id, "op": op, **fields}, deadline, op)
-            return self._await(waiter, deadline, f"op {op!r}")
+            return self._await(waiter, deadline)
         finally:
             with self._cond:
                 self._pending.pop(request_id, None)
@@ -112,8 +120,8 @@ class AgentClient:
 
     def _send(self, channel: int, message: dict[str, Any], deadline: float, op: str) -> None:
         """Send one frame by `deadline`. The socket stays blocking with no timeout of its own (readers wait with
-        select), so a send never inherits a read's short wait; a frame cut off by the deadline breaks the
-        connection, as the agent would misread what follows it."""
+        select), so a send never inherits a read's short wait; it waits for room only when the socket has none.
+        A frame cut off by the deadline breaks the connection, as the agent would misread what follows it."""
         frame = protocol.encode(channel, message)
         data = memoryview(frame)
         with self._send_lock:
@@ -124,17 +132,22 @@ class AgentClient:
                         self._broken = ProtocolError(f"op {op!r}: the guest stopped reading in the middle of a request")
                     raise DeadlineError(f"op {op!r}: the guest did not take the request within the deadline")
                 try:
-                    select.select([], [self._sock], [], min(remaining, WATCH_INTERVAL))
                     data = data[self._sock.send(data, socket.MSG_DONTWAIT):]
                 except BlockingIOError:
-                    continue
+                    self._wait_writable(min(remaining, WATCH_INTERVAL))
                 except (OSError, ValueError) as exc:  # ValueError: the socket was closed meanwhile
-                    raise ConnectionLost(f"agent connection lost while sending: "
-                                         f"{getattr(exc, 'strerror', None) or exc}") from None
+                    raise _lost_while_sending(exc) from None
 
-    def _await(self, waiter: _Pending, deadline: float, what: str) -> dict[str, Any]:
+    def _wait_writable(self, timeout: float) -> None:
+        try:
+            select.select([], [self._sock], [], timeout)
+        except (OSError, ValueError) as exc:
+            raise _lost_while_sending(exc) from None
+
+    def _await(self, waiter: _Pending, deadline: float) -> dict[str, Any]:
         """The waiter's reply."""
         if not self._wait_for(lambda: waiter.done, deadline):
+            what = "the agent's hello" if waiter is self._hello else f"op {waiter.op!r}"
             raise DeadlineError(f"{what} did not answer within the deadline")
         if waiter.error is not None:
             raise waiter.error
@@ -173,7 +186,11 @@ class AgentClient:
                 if remaining <= 0:
                     return False
                 if self._reading:
-                    self._cond.wait(min(remaining, WATCH_INTERVAL))
+                    self._waiting += 1
+                    try:
+                        self._cond.wait(min(remaining, WATCH_INTERVAL))
+                    finally:
+                        self._waiting -= 1
                     continue
                 self._reading = True
                 self._cond.release()
@@ -182,7 +199,8 @@ class AgentClient:
                 finally:
                     self._cond.acquire()
                     self._reading = False
-                    self._cond.notify_all()
+                    if self._waiting:  # they wake once this thread releases the lock: after the delivery
+                        self._cond.notify_all()
                 for channel, message in frames:
                     self._deliver(channel, message)
                 if error is not None:
@@ -234,19 +252,21 @@ class AgentClient:
         waiter = self._pending.get(message.get("id"))
         if waiter is None or waiter.channel != channel or waiter.done:
             return  # a late reply to a request that timed out
-        for key, value in message.items():
-            if isinstance(value, bytes):
-                waiter.total += len(value)
-                if waiter.total > protocol.MAX_REPLY_BYTES:
-                    waiter.error = ProtocolError(f"op {waiter.op!r}: reply exceeds {protocol.MAX_REPLY_BYTES} bytes")
-                    return
-                waiter.merged.setdefault(key, []).append(value)
-        if message.get("more"):
-            return
+        if waiter.merged or message.get("more"):  # a reply in parts (a lone final frame is the reply as it is)
+            for key, value in message.items():
+                if isinstance(value, bytes):
+                    waiter.total += len(value)
+                    if waiter.total > protocol.MAX_REPLY_BYTES:
+                        waiter.error = ProtocolError(f"op {waiter.op!r}: reply exceeds {protocol.MAX_REPLY_BYTES} bytes")
+                        return
+                    waiter.merged.setdefault(key, []).append(value)
+            if message.get("more"):
+                return
+            message = {**message, **{key: b"".join(parts) for key, parts in waiter.merged.items()}}
         if "error" in message:
             waiter.error = AgentError(str(message["error"]), message.get("errno"))
         else:
-            waiter.reply = {**message, **{key: b"".join(parts) for key, parts in waiter.merged.items()}}
+            waiter.reply = message
 
     def _on_event(self, channel: int, message: dict[str, Any]) -> None:
         event = message.get("event")
