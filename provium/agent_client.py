@@ -36,6 +36,7 @@ def _lost_while_sending(exc: OSError | ValueError) -> ConnectionLost:
 
 
 WATCH_INTERVAL = 0.2
+READ_SIZE = 1 << 20  # bytes taken from the socket at once
 
 
 class _Pending:
@@ -64,6 +65,9 @@ class AgentClient:
         self._sock = sock
         self._watch = watch
         self._decoder = protocol.FrameDecoder()
+        # what a read lands in (one reader at a time): a new buffer of READ_SIZE per read costs an mmap, page
+        # faults and an munmap per reply
+        self._landing = memoryview(bytearray(READ_SIZE))
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
         self._reading = False  # a thread is reading the socket (outside the condition's lock)
@@ -213,24 +217,24 @@ class AgentClient:
             return [], self._broken
         try:
             readable, _, _ = select.select([self._sock], [], [], timeout)
-            data = self._sock.recv(1 << 20, socket.MSG_DONTWAIT) if readable else None
+            size = self._sock.recv_into(self._landing, READ_SIZE, socket.MSG_DONTWAIT) if readable else None
         except BlockingIOError:
             return [], None
         except (OSError, ValueError) as exc:  # ValueError: the socket was closed meanwhile
             self._broken = ConnectionLost(f"agent connection lost: {getattr(exc, 'strerror', None) or exc}")
             return [], self._broken
-        if data is None:
+        if size is None:
             try:
                 if self._watch:
                     self._watch()
             except Exception as exc:  # noqa: BLE001 - what the watch found fails the requests in flight
                 return [], exc
             return [], None
-        if not data:
+        if not size:
             self._broken = ConnectionLost("agent connection closed")
             return [], self._broken
         try:
-            return self._decoder.feed(data), None
+            return self._decoder.feed(self._landing[:size]), None
         except ProtocolError as exc:
             self._broken = ProtocolError(f"the agent sent a malformed frame: {exc}")
             return [], self._broken

@@ -70,6 +70,7 @@ class FrameDecoder:
         self._buf = bytearray()  # the start of a frame not whole yet
 
     def feed(self, data):
+        """The whole frames that `data` (bytes or a buffer, not kept) completes."""
         if self._buf:
             self._buf += data
             data = self._buf
