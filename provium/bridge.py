@@ -107,7 +107,7 @@ def job(value: object) -> int:
 
 
 def table(value: object) -> object:
-    if lua_type(value) != "table":
+    if lua.lua_type(value) != "table":
         raise TypeError("a table")
     return value
 
@@ -146,9 +146,7 @@ class LuaValues:
 
     def record(self, result) -> tuple:
         """A result object as a table of its fields and properties; its bytes as wrapped strings."""
-        names = list(getattr(result, "_fields", None) or (f.name for f in dataclasses.fields(result)))
-        names += [name for name, v in vars(type(result)).items() if isinstance(v, property)]
-        fields = {name.encode(): getattr(result, name) for name in names}
+        fields = {key: getattr(result, name) for name, key in _record_names(type(result))}
         return (self.runtime.table_from({k: self.wrap(v) if isinstance(v, bytes) else v
                                          for k, v in fields.items()}),)
 
@@ -159,6 +157,14 @@ class LuaValues:
     def json(self, value) -> tuple:
         """Decoded JSON: objects and arrays as tables (arrays 1-based), strings as Lua strings."""
         return (self.runtime.table_from({b"v": _json_to_lua(value)}, recursive=True)[b"v"],)
+
+
+@functools.cache
+def _record_names(cls: type) -> tuple[tuple[str, bytes], ...]:
+    """(name, Lua key) of each field and property of a result class."""
+    names = list(getattr(cls, "_fields", None) or (f.name for f in dataclasses.fields(cls)))
+    names += [name for name, v in vars(cls).items() if isinstance(v, property)]
+    return tuple((name, name.encode()) for name in names)
 
 
 def _json_to_lua(value):
@@ -238,12 +244,12 @@ class Bridge:
         self.interrupted = interrupted
         self.listing = listing
         self.lanes = Lanes()
-        self.current: str | None = None  # the call running now (or last), as it reads in Lua
+        self._call: tuple[str, tuple] | None = None  # the call running now (or last): its label and arguments
         self.last_handle: int | None = None  # the VM or worker the last call on one ran on
         self.values: LuaValues | None = None  # set by the prelude's first call (it hands over `wrap`)
         self._ops = {op.name: op for op in GUEST_OPS}
         self._started: dict[int, tuple[GuestOp | None, str]] = {}  # each ticket not collected: (op, the call)
-        self._identity = runtime.eval("function(value) return value end")  # made, so called, on the main thread
+        self._identity = runtime.eval("function(...) return ... end")  # made, so called, on the main thread
 
     def table(self, functions: dict[str, tuple[Callable, tuple | None]], constants: dict[str, object]):
         """The bridge: `functions` {name: (fn, inert values or None to run it even when listing)}, the
@@ -266,14 +272,21 @@ class Bridge:
         test body is a coroutine (a task): once it has ended and been collected, releasing a value it handed over
         touches freed memory, and the harness crashes (lupa issue #84). A value can outlive its call here: in
         the traceback of an error a VM keeps (a kernel finding). Rebound, it is released on the main thread,
-        which lives as long as the runtime."""
-        def rebound(value: object) -> object:
-            return value if value is None or isinstance(value, (bytes, int, float)) else self._identity(value)
-
+        which lives as long as the runtime. All of a call's values are rebound in one Lua call."""
         def entered(*args):
-            args = tuple(map(rebound, args))
+            at = [i for i, value in enumerate(args) if value is not None and not isinstance(value, (bytes, int, float))]
+            if at:
+                args = list(args)
+                rebound = self._identity(*[args[i] for i in at])
+                for i, value in zip(at, rebound if len(at) > 1 else (rebound,)):
+                    args[i] = value
             return fn(*args)
         return entered
+
+    @property
+    def current(self) -> str | None:
+        """The call running now (or last), as it reads in Lua."""
+        return None if self._call is None else describe_call(*self._call)
 
     def close(self) -> None:
         self.lanes.close()
@@ -386,7 +399,7 @@ class Bridge:
         """(True, values...) of call(), or its failure: every bridge call goes through here."""
         if self.interrupted():
             raise Interrupted()
-        self.current = describe_call(label, shown)
+        self._call = label, shown
         if handle is not None:
             self.last_handle = handle
         try:
