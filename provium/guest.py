@@ -97,12 +97,12 @@ class GuestOps:
     def syscall(self, nr: int, args: list[int] = (), bufs: dict[int, bytes] | None = None,
                 ptrs: list[Pointer] = ()) -> SyscallResult:
         """Raw syscall. bufs: {argument index: bytes}, each replacing that argument with a pointer to a copy."""
-        bufs = dict(bufs or {})
-        check_syscall(list(args), bufs, list(ptrs))
-        args = list(args) + [0] * (max(bufs, default=-1) + 1 - len(args))
-        order = sorted(bufs)
+        args, bufs, ptrs = list(args), dict(bufs) if bufs else {}, list(ptrs)
+        check_syscall(args, bufs, ptrs)
+        if bufs:
+            args += [0] * (max(bufs) + 1 - len(args))
         reply = self._request(
-            "syscall", nr=nr, args=args, bufs=[[i, bufs[i]] for i in order],
+            "syscall", nr=nr, args=args, bufs=[[i, bufs[i]] for i in sorted(bufs)],
             ptrs=[[p.buf, p.offset, p.length, p.data] for p in ptrs])
         return SyscallResult(reply["ret"], tuple(reply["bufs"]), tuple(reply["ptrs"]))
 
