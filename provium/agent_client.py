@@ -68,7 +68,8 @@ class AgentClient:
         # what a read lands in (one reader at a time): a new buffer of READ_SIZE per read costs an mmap, page
         # faults and an munmap per reply
         self._landing = memoryview(bytearray(READ_SIZE))
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # what the threads share; taken as itself (Condition's with is Python code)
+        self._cond = threading.Condition(self._lock)
         self._send_lock = threading.Lock()
         self._reading = False  # a thread is reading the socket (outside the condition's lock)
         self._waiting = 0  # threads waiting on the condition for the reader
@@ -85,7 +86,7 @@ class AgentClient:
 
     def wait_hello(self, timeout: float) -> dict[str, Any]:
         """Wait for the agent's hello event (cold boot)."""
-        with self._cond:
+        with self._lock:
             self._hello = waiter = _Pending(protocol.ROUTER_CHANNEL, "hello")
         try:
             return self._await(waiter, time.monotonic() + timeout)
@@ -103,7 +104,7 @@ class AgentClient:
 
     def request(self, channel: int, op: str, timeout: float, /, **fields: Any) -> dict[str, Any]:
         """Send op on channel and return its merged reply; AgentError on an error reply."""
-        with self._cond:
+        with self._lock:
             if self._broken:
                 raise self._broken
             request_id, self._next_id = self._next_id, self._next_id + 1
@@ -113,12 +114,12 @@ class AgentClient:
             self._send(channel, {"id": request_id, "op": op, **fields}, deadline, op)
             return self._await(waiter, deadline)
         finally:
-            with self._cond:
+            with self._lock:
                 self._pending.pop(request_id, None)
 
     def abandon(self, channel: int, error: BaseException) -> None:
         """Fail the requests in flight on `channel` with `error` (its worker was ended from here)."""
-        with self._cond:
+        with self._lock:
             self._fail(error, channel)
             self._cond.notify_all()
 
@@ -159,12 +160,12 @@ class AgentClient:
 
     def listen(self, channel: int) -> None:
         """Keep the events of `channel` for next_event, from now until unlisten."""
-        with self._cond:
+        with self._lock:
             self._events[channel] = collections.deque()
             self._event_errors.pop(channel, None)
 
     def unlisten(self, channel: int) -> None:
-        with self._cond:
+        with self._lock:
             self._events.pop(channel, None)
             self._event_errors.pop(channel, None)
 
@@ -174,7 +175,7 @@ class AgentClient:
         found a kernel report) is raised, once."""
         events = self._events[channel]
         self._wait_for(lambda: bool(events) or channel in self._event_errors, time.monotonic() + timeout)
-        with self._cond:
+        with self._lock:
             if events:
                 return events.popleft()
             if channel in self._event_errors:
@@ -184,7 +185,7 @@ class AgentClient:
     def _wait_for(self, done: Callable[[], bool], deadline: float) -> bool:
         """Wait until done() (checked under the lock) or the deadline: waits while another thread reads the
         socket, reads it when nobody does. done() at the end."""
-        with self._cond:
+        with self._lock:
             while not done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -197,11 +198,11 @@ class AgentClient:
                         self._waiting -= 1
                     continue
                 self._reading = True
-                self._cond.release()
+                self._lock.release()
                 try:
                     frames, error = self._read(min(remaining, WATCH_INTERVAL))  # then it sees an abandon
                 finally:
-                    self._cond.acquire()
+                    self._lock.acquire()
                     self._reading = False
                     if self._waiting:  # they wake once this thread releases the lock: after the delivery
                         self._cond.notify_all()
