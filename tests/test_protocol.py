@@ -65,3 +65,15 @@ def test_decoder_rejects_bad_payloads(payload, message):
     frame = b"PV\x01\x00" + struct.pack("<I", len(payload)) + payload
     with pytest.raises(ProtocolError, match=message):
         protocol.FrameDecoder().feed(frame)
+
+
+def test_decoder_keeps_a_partial_frame_of_a_reused_read_buffer():
+    """The client reads into one buffer it reuses: what the decoder keeps of a frame must be its own copy."""
+    first, second = protocol.encode(1, {"id": 1, "data": b"a" * 100}), protocol.encode(2, {"id": 2})
+    landing = bytearray(len(first) + 10)
+    landing[:] = first + second[:10]
+    decoder = protocol.FrameDecoder()
+    assert decoder.feed(memoryview(landing)) == [(1, {"id": 1, "data": b"a" * 100})]
+    landing[:len(second) - 10] = second[10:]
+    landing[len(second) - 10:] = b"\xff" * (len(landing) - len(second) + 10)  # garbage past what was read
+    assert decoder.feed(memoryview(landing)[:len(second) - 10]) == [(2, {"id": 2})]
