@@ -319,10 +319,9 @@ class QemuMachine:
         except OSError:
             return ""
 
-    def sync_console(self) -> None:
-        """Bring the console log up to date with what QEMU has written."""
-        if self._console_log is not None:
-            self._console_log.sync()
+    def sync_console(self) -> int:
+        """Bring the console log up to date with what QEMU has written; the log's size in bytes."""
+        return 0 if self._console_log is None else self._console_log.sync()
 
     def console_text(self) -> str:
         """What the guest printed on its console so far (all of it, once QEMU is gone)."""
@@ -398,6 +397,7 @@ class ConsoleLog:
         self.sock = sock
         self.path = path
         self._out = open(path, "ab")
+        self._size = self._out.tell()
         self._lock = threading.Lock()
         self._open = True
 
@@ -411,25 +411,29 @@ class ConsoleLog:
                 self._out.close()
                 self.sock.close()
 
-    def sync(self):
-        """Copy everything the console socket holds now into the log (nothing once QEMU closed it)."""
+    def sync(self) -> int:
+        """Copy everything the console socket holds now into the log (nothing once QEMU closed it); the log's
+        size, which shrinks when the log is trimmed."""
         with self._lock:
             while self._open:
                 try:
                     data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
                 except BlockingIOError:
-                    return
+                    break
                 except OSError:
                     data = b""
                 if not data:
                     self._open = False  # QEMU went away
-                    return
+                    break
                 self._out.write(data)
                 self._out.flush()
-                if self._out.tell() > CONSOLE_LOG_MAX:
+                self._size = self._out.tell()
+                if self._size > CONSOLE_LOG_MAX:
                     self._out.close()
                     self._trim()
                     self._out = open(self.path, "ab")
+                    self._size = self._out.tell()
+            return self._size
 
     def _trim(self):
         data = self.path.read_bytes()

@@ -334,11 +334,7 @@ class Vm(GuestOps):
 
     def _console_grew(self):
         """True when the console log changed since the last scan (which starts over if it was trimmed)."""
-        self.machine.sync_console()
-        try:
-            size = self.machine.console_path.stat().st_size
-        except OSError:
-            return False
+        size = self.machine.sync_console()
         if size == self._console_size:
             return False
         if size < self._console_size:
