@@ -40,16 +40,17 @@ def build(cache):
 
 @functools.lru_cache(maxsize=None)
 def _build(cache_root):
-    """Looked up once per process and cache: hashing the sources and asking the compiler's version
-    takes ~2 ms, and a run asks for the agent at every boot and fixture lookup."""
+    """Looked up once per process and cache, as a run asks for the agent at every boot and fixture lookup.
+    The compiler's version and the sources' hashes are remembered across runs (Cache.remember)."""
     cache = cache_mod.Cache(cache_root)
     directory = source_dir()
     sources = sorted(p for p in directory.iterdir() if p.suffix in (".c", ".h"))
     if not sources:
         raise ImageError(f"no agent sources in {directory}")
     cc = _compiler()
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = cache_mod.digest(version, *_CFLAGS, *(p.name for p in sources), *sources)
+    version = cache.remember("version", [Path(cc)],
+                             lambda: subprocess.run([cc, "--version"], capture_output=True, text=True).stdout)
+    key = cache.digest(version, *_CFLAGS, *(p.name for p in sources), *sources)
 
     def compile_to(out):
         result = subprocess.run(

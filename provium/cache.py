@@ -22,17 +22,23 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import threading
-from contextlib import ExitStack, contextmanager
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, TypeVar
 
 if TYPE_CHECKING:
     from .config import Config
 
 ENV = "PROVIUM_CACHE_DIR"
+MEMO = "memo"  # the kind of Cache.remember's files: one per question, not entries (prune leaves them)
+_SETTLED_NS = 2_000_000_000  # a file changed more recently than this may change again within its timestamp's tick
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,11 +70,19 @@ def default_root() -> Path:
 
 def digest(*parts):
     """A hex key over strings, bytes and files (Path) in order."""
+    return _digest(parts, _file_sha256)
+
+
+def _file_sha256(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
+
+
+def _digest(parts, file_sha256: Callable[[Path], bytes]) -> str:
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, Path):
-            with open(part, "rb") as f:
-                h.update(hashlib.file_digest(f, "sha256").digest())
+            h.update(file_sha256(part))
         elif isinstance(part, bytes):
             h.update(hashlib.sha256(part).digest())
         else:
@@ -131,6 +145,11 @@ def last_used(entry: Path) -> float:
         except OSError:
             pass
     return max(times, default=0.0)
+
+
+def _stamp(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 class Cache:
@@ -198,6 +217,36 @@ class Cache:
             else:
                 _held[key] = fd
         return True
+
+    def remember(self, question: str, files: Sequence[Path], answer: Callable[[], T]) -> T:
+        """answer() (a JSON value worked out from `files`), remembered across runs until one of the files
+        changes, as git's index does: by each file's stat stamp (device, inode, size, modification and
+        change times). A file changed in the last 2 s may change again within one tick of its clock, so what
+        is worked out from it is not remembered yet."""
+        now, stamps = time.time_ns(), [_stamp(path) for path in files]
+        memo = self.root / MEMO / f"{digest(question, *map(os.path.abspath, files))}.json"
+        try:
+            known = json.loads(memo.read_text())
+            if known["stamps"] == stamps:
+                return known["value"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # none yet, or unreadable: worked out again
+        value = answer()
+        if all(now - max(stamp[3:]) > _SETTLED_NS for stamp in stamps):
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            try:
+                memo.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps({"question": question, "stamps": stamps, "value": value}))
+                os.replace(tmp, memo)
+            except OSError:  # a read-only cache: worked out on every run
+                with suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+        return value
+
+    def digest(self, *parts) -> str:
+        """digest(), with each file's content hash remembered by its stat stamp (see remember())."""
+        return _digest(parts, lambda path: bytes.fromhex(
+            self.remember("sha256", [path], lambda: _file_sha256(path).hex())))
 
     def get_or_build(self, kind, key, name, build):
         """The entry's path, calling build(tmp_path) once to create it if missing."""

@@ -81,27 +81,20 @@ class BuildResult:
     deps: dict[str, str]     # fixture name -> identity of the entry it started from
 
 
-@functools.lru_cache(maxsize=None)
-def qemu_version():
-    out = subprocess.run([qemu.find_qemu(), "--version"], capture_output=True, text=True)
-    return out.stdout.splitlines()[0] if out.stdout else "unknown"
+def qemu_version(cache) -> str:
+    """The first line of `qemu --version`, remembered while the binary stays the same (Cache.remember)."""
+    binary = qemu.find_qemu()
+
+    def ask():
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True)
+        return out.stdout.splitlines()[0] if out.stdout else "unknown"
+
+    return cache.remember("version", [Path(binary)], ask)
 
 
 def disk_usage(path):
     """Bytes a directory tree really occupies (RAM files are sparse)."""
     return sum(p.stat().st_blocks * 512 for p in Path(path).rglob("*") if p.is_file())
-
-
-_digests: dict[tuple, str] = {}
-
-
-def file_digest(path: Path) -> str:
-    """The content digest of a file, hashed again only when its inode, size or mtime changed."""
-    st = path.stat()
-    stamp = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-    if stamp not in _digests:
-        _digests[stamp] = digest(path)
-    return _digests[stamp]
 
 
 def _backing_file(qcow2: Path) -> str | None:
@@ -192,7 +185,7 @@ class Fixtures:
         """What every key shares: the agent binary, the QEMU version, the accelerator and provium's own
         kernel command line (once per run)."""
         accel = accelerator()[0]
-        return digest(agent_build.build(self.cache), qemu_version(), accel, qemu.kernel_cmdline(accel, 0))
+        return digest(agent_build.build(self.cache), qemu_version(self.cache), accel, qemu.kernel_cmdline(accel, 0))
 
     def _anchor(self, path: Path) -> str | None:
         """How a build input is recorded: by its place in the suite, in a profile's build directory (its
@@ -262,7 +255,7 @@ class Fixtures:
             if [str(p.relative_to(self.cache.root)) for p in (boot.vmlinux, boot.initrd)] != manifest["images"]:
                 return None
             for file, file_hash in manifest["files"].items():
-                if file_digest(self._resolve(file)) != file_hash:
+                if self.cache.digest(self._resolve(file)) != file_hash:
                     return None
             modules = [self._resolve(file) for file in manifest["files"] if file.endswith(".ko")]
             for dep, identity in manifest["deps"].items():
@@ -318,7 +311,7 @@ class Fixtures:
                 if anchored is None:  # a scratch image goes away with the run: keep its data in the overlay
                     _rebase(snapshot_dir / f"disk{index}.qcow2", None, backing_format)
                 disks.append({"backing": anchored, "format": backing_format})
-            files = {anchored: file_digest(path) for path in result.files
+            files = {anchored: self.cache.digest(path) for path in result.files
                      if (anchored := self._anchor(path)) is not None}
             images_used = [str(p.relative_to(self.cache.root)) for p in (boot.vmlinux, boot.initrd)]
             # the spec's images are found again when loaded (images.prepare): kept relative, as "images"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import agent_build, initramfs, kernel, kernels
-from .cache import Cache, digest
+from .cache import Cache
 from .config import Profile
 from .errors import ConfigError, ImageError
 from .protocol import PROTO_VERSION
@@ -31,7 +31,7 @@ class BootImages:
 
 def _vmlinux(image_path, cache):
     """The ELF vmlinux in a kernel image (cached by the image's content) and its release."""
-    key = digest(image_path)
+    key = cache.digest(image_path)
 
     def extract(out):
         try:
@@ -68,18 +68,33 @@ def _resolve(tree, profile, key):
         raise ConfigError(f"{profile.where(key)}: {exc}") from None
 
 
-def _modules(profile, directory):
-    """The module tree and the modules to ship: loaded at boot, and only available (both load orders)."""
+def _module_lists(profile, directory):
+    """The modules to ship: loaded at boot, and only available (both load orders, relative paths), and the host
+    files (str) a guest tree of them is made from."""
     if not directory.is_dir():
         for key in ("modules", "available_modules"):
             if getattr(profile, key):
                 raise ConfigError(f"{profile.where(key)}: "
                                   f"{directory} does not exist (set modules_dir)")
-        return None, [], []
+        return [], [], []
     tree = _tree(directory)
     boot = list(dict.fromkeys([*tree.load_order(BASE_MODULES), *_resolve(tree, profile, "modules")]))
     loaded = set(boot)
-    return tree, boot, [rel for rel in _resolve(tree, profile, "available_modules") if rel not in loaded]
+    available = [rel for rel in _resolve(tree, profile, "available_modules") if rel not in loaded]
+    return boot, available, [str(path) for path in tree.sources([*boot, *available])]
+
+
+def _modules(profile, directory, cache):
+    """_module_lists(), remembered (Cache.remember) while the directory, its modules.dep and kernel.py's source
+    stay the same: parsing modules.dep takes ~40 ms."""
+    if not directory.is_dir():
+        return _module_lists(profile, directory)
+    dep = directory / "modules.dep"
+    question = "\0".join(["modules", cache.digest(Path(kernel.__file__)), *BASE_MODULES, "", *profile.modules, "",
+                          *profile.available_modules])
+    boot, available, sources = cache.remember(question, [directory, dep] if dep.exists() else [directory],
+                                              lambda: _module_lists(profile, directory))
+    return boot, available, [Path(source) for source in sources]
 
 
 def check(profile: Profile, cache: Cache) -> None:
@@ -92,33 +107,35 @@ def check(profile: Profile, cache: Cache) -> None:
         tree = kernels.resolve(profile, cache)
     except ImageError as exc:
         raise ConfigError(f"{profile.where('kernel')}: {exc}") from None
-    check_modules(profile, tree.modules_dir)
+    if profile.modules or profile.available_modules:
+        _modules(profile, tree.modules_dir, cache)
 
 
 def check_modules(profile: Profile, modules_dir: Path) -> None:
     """Raise ConfigError when a name in the profile's modules or available_modules is not in the tree."""
     if profile.modules or profile.available_modules:
-        _modules(profile, modules_dir)
+        _module_lists(profile, modules_dir)
 
 
 @functools.lru_cache(maxsize=None)
 def prepare(profile, cache):
     """The vmlinux, initramfs and kernel release that boot `profile`.
 
-    Hashing the inputs costs ~50 ms, so it is done once per profile and process.
+    Once per profile and process; the files' hashes and the module lists are remembered across runs
+    (Cache.remember), which leaves a few stat calls.
     """
     kernel_tree = kernels.resolve(profile, cache)
     vmlinux, release = _vmlinux(kernel_tree.image, cache)
     agent = agent_build.build(cache)
     busybox = initramfs.find_busybox()
-    tree, boot, available = _modules(profile, kernel_tree.modules_dir)
-    sources = tree.sources([*boot, *available]) if tree else []
-    key = digest(_INITRAMFS_FORMAT, PROTO_VERSION, release, agent, busybox, *boot, "", *available, *sources)
+    boot, available, sources = _modules(profile, kernel_tree.modules_dir, cache)
+    key = cache.digest(_INITRAMFS_FORMAT, PROTO_VERSION, release, agent, busybox, *boot, "", *available, *sources)
 
     def build(out):
         # Without a tree, an empty modules.dep: modprobe then says what it does not find.
-        modules = tree.guest_tree(boot, available, compress=kernel.ALL_MODULES in profile.available_modules) \
-            if tree else {"modules.dep": b""}
+        modules = _tree(kernel_tree.modules_dir).guest_tree(
+            boot, available, compress=kernel.ALL_MODULES in profile.available_modules) \
+            if kernel_tree.modules_dir.is_dir() else {"modules.dep": b""}
         load = [kernel.boot_path(rel) for rel in boot]
         out.write_bytes(initramfs.build(agent, busybox, release, modules, load))
 
@@ -126,6 +143,6 @@ def prepare(profile, cache):
     if profile.initrd:
         own = initrd
         initrd = cache.get_or_build(
-            "initramfs", digest(profile.initrd, own), "combined.cpio",
+            "initramfs", cache.digest(profile.initrd, own), "combined.cpio",
             lambda out: out.write_bytes(profile.initrd.read_bytes() + own.read_bytes()))
     return BootImages(vmlinux=vmlinux, initrd=initrd, release=release)
