@@ -25,7 +25,7 @@ from .guest import GuestOps, Worker
 from .host_files import HostFiles, display_name
 from .profile_build import Prepared, Preparer
 from .results import DETAIL_KEYS, Outcome, TestResult
-from .test_run import TestRun, TestSpec
+from .test_run import TestRun, TestSpec, stop
 from .config import RunSettings
 from .vm import Disk, Timeouts, Vm, accelerator, format_console_tail
 
@@ -114,6 +114,7 @@ class LuaFile:
         self.files = HostFiles(self.path, config.root, options.scratch, fixture=snapshot_root is not None,
                                build_dir=lambda name: self._profile(name).build_dir, listing=options.collect_only)
         self.vms: dict[int, Vm] = {}
+        self.clones: set[int] = set()  # the handles of fixture clones: nothing of them outlives them
         self.workers: dict[int, GuestOps] = {}
         self._next_handle = 1
         self._test: TestRun | None = None
@@ -164,7 +165,7 @@ class LuaFile:
             if failure is not None:
                 self._report(failure)
         finally:
-            self._stop(list(self.vms.values()))
+            self._stop(list(self.vms))
             self.bridge.close()
 
     def build_fixture(self) -> BuildResult:
@@ -182,7 +183,7 @@ class LuaFile:
                 raise ProviumError(f"{self.display_name} returned a VM that is not running ({vm.state})")
             return BuildResult(vm, tuple(self.files.required), dict(self.fixture_deps))
         finally:
-            self._stop(list(self.vms.values()))
+            self._stop(list(self.vms))
             self.bridge.close()
 
     def _returned(self, handle: int | None) -> int:
@@ -255,7 +256,7 @@ class LuaFile:
 
     def close(self) -> None:
         """Stop every VM the file made and end its lanes (what run() does at its end)."""
-        self._stop(list(self.vms.values()))
+        self._stop(list(self.vms))
         self.bridge.close()
 
     # ------------------------------------------------------------ VMs and workers
@@ -305,6 +306,8 @@ class LuaFile:
         vm = self.fixtures.clone(name, snapshot_dir=self._snapshot_dir(handle))
         if self.snapshot_root:
             self.fixture_deps[name] = self.fixtures.entry(name).identity
+        else:
+            self.clones.add(handle)
         return self._add_vm(handle, vm)
 
     def _boot(self, handle: int, memory, cpus, files, disks) -> None:
@@ -340,12 +343,13 @@ class LuaFile:
 
     def _shutdown_all(self) -> None:
         handles = self._test.vms if self._test is not None else list(self.vms)
-        self._stop([self.vms[h] for h in handles if h in self.vms])
+        self._stop([h for h in handles if h in self.vms])
 
-    @staticmethod
-    def _stop(vms) -> None:
-        for vm in vms:
-            vm.shutdown()
+    def _stop(self, handles) -> None:
+        """Stop the VMs `handles`: a fixture clone is killed, any other powered off (its guest syncs the disks
+        it writes)."""
+        for handle in handles:
+            stop(self.vms[handle], handle in self.clones)
 
     # ------------------------------------------------------------ tests
 
@@ -378,7 +382,7 @@ class LuaFile:
         self._report(result)
         if result.outcome.failed and not test.expired and self.options.on_failure is not None:
             self.options.on_failure(result, self._last_used(test))
-        test.release(self.vms, [self.vms[h] for h in stuck])
+        test.release(self.vms, [self.vms[h] for h in stuck], self.clones)
         killed = stuck if test.expired else []
         for handle in [*test.vms, *killed]:
             vm = self.vms.pop(handle, None)
