@@ -19,10 +19,11 @@ Entries are built in a temporary directory and renamed into place under a
 lock, so a killed build leaves nothing a later run trusts; an entry that fails
 to restore is rebuilt once. A size cap evicts the least recently used entries.
 
-Once a fixture has been asked for, the next clone of it is resumed and warmed
-(its first command run, which fills QEMU's translation cache) ahead of time on
-a launcher thread that lives as long as the run, so a file that asks for the
-same fixture again gets a ready clone.
+Once a fixture has been asked for a second time (the run reuses it), the next
+clone of it is resumed and warmed (its first command run, which fills QEMU's
+translation cache) ahead of time on a launcher thread that lives as long as
+the run, so a test that asks for it again gets a ready clone. A fixture asked
+for once costs no clone nobody takes, and no CPU taken from the test that runs.
 """
 
 import dataclasses
@@ -150,7 +151,9 @@ class Fixtures:
         self._failed = {}
         self._building_here = threading.local()
         self._pool = {}  # name -> Future of a resumed, warmed clone
+        self._asked = {}  # name -> how many clones of it were asked for
         self._pool_lock = threading.Lock()
+        self._closing = threading.Event()
         # QEMU dies with the thread that started it: pooled clones start on this long-lived one
         self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provium-pool")
         self.preparer = options.preparer or Preparer(cache)
@@ -374,17 +377,20 @@ class Fixtures:
         if vm is None or vm.state != "running":
             vm = self.resume(name)
         with self._pool_lock:
-            if name not in self._pool:
+            self._asked[name] = self._asked.get(name, 0) + 1
+            if name not in self._pool and self._asked[name] > 1 and not self._closing.is_set():
                 self._pool[name] = self._launcher.submit(self._warm_clone, name)
         return vm
 
     def _warm_clone(self, name):
         vm = self.resume(name)
-        vm.exec("true")
+        if not self._closing.is_set():  # else nobody will take it: close() kills it
+            vm.exec("true")
         return vm
 
     def close(self):
         """Stop the pool: kill the clones nobody took."""
+        self._closing.set()
         with self._pool_lock:
             pooled, self._pool = list(self._pool.values()), {}
         for future in pooled:
