@@ -13,13 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import (__version__, cache_admin, config as config_mod, deadline, images, kernels, qemu, repl, report_merge,
-               runner, shell, tempdirs)
+from . import __version__, config as config_mod, deadline, images, kernels, qemu, runner, tempdirs
 from .cache import Cache
 from .errors import ConfigError, ProviumError
 from .fixtures import FixtureError, Fixtures
 from .guest import Worker
-from .interactive import Guest, Terminated, add_guest_arguments
 from .lua_runtime import FileOptions, build_fixture
 from .profile_build import Preparer
 from .profile_files import ProfileOrigin
@@ -36,7 +34,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"provium: error: {message}\n")
 
 
-def build_parser():
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. The options of the commands other modules define (cache, repl, report, shell)
+    are added for `command` alone (for every command with None): a run does not import those modules."""
     parser = _Parser(prog="provium", description="Run Lua tests against real Linux guests under QEMU.")
     parser.add_argument("--version", action="version", version=f"provium {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -78,28 +78,40 @@ def build_parser():
     commands.add_parser("profiles", help="the suite's profiles: where each is defined and what it boots",
                         description="List the suite's profiles: where each is defined (built-in, provium.toml, "
                                     "profiles/NAME.yaml) and what it resolves to.")
-    cache_admin.add_arguments(commands.add_parser(
+    cache = commands.add_parser(
         "cache", help="what the cache holds (info), or trim it to a size (prune)",
         description="The cache of kernels, boot images, build outputs and fixtures: where it is and what it holds "
-                    "(info), or trimmed to a size by removing least recently used entries (prune)."))
-    repl.add_arguments(commands.add_parser(
+                    "(info), or trimmed to a size by removing least recently used entries (prune).")
+    repl = commands.add_parser(
         "repl", help="a Lua prompt with a booted vm",
         description="A Lua prompt in the test sandbox, with a guest booted from PROFILE (or resumed from a "
-                    "fixture) bound to vm. Ctrl-D leaves and stops the guest."))
+                    "fixture) bound to vm. Ctrl-D leaves and stops the guest.")
     report = commands.add_parser("report", help="merge the reports of a sharded run",
                                  description="Work on the --json event files of provium run.")
     report_actions = report.add_subparsers(dest="action", metavar="ACTION", required=True)
-    report_merge.add_arguments(report_actions.add_parser(
+    merge = report_actions.add_parser(
         "merge", help="merge the --json files of the shards of one run: print, exit and write reports as one run",
         description="Merge the --json event files of provium run --shard K/N (one per shard): print the results "
                     "as provium run does, exit with its status, and write one JUnit and one KTAP report. A missing, "
                     "repeated or incomplete shard, or shards of different N, are named and fail the merge "
-                    "(status 1); a file that is not a provium JSON event file is an error (status 2)."))
-    add_guest_arguments(commands.add_parser(
+                    "(status 1); a file that is not a provium JSON event file is an error (status 2).")
+    shell = commands.add_parser(
         "shell", help="an interactive shell in a booted guest",
         description="Boot a guest from PROFILE (or resume a fixture) and open an interactive shell in it on this "
                     "terminal. exit or Ctrl-D ends the shell and stops the guest; provium exits with the shell's "
-                    "status."))
+                    "status.")
+    if command in (None, "cache"):
+        from . import cache_admin
+        cache_admin.add_arguments(cache)
+    if command in (None, "repl"):
+        from . import repl as repl_mod
+        repl_mod.add_arguments(repl)
+    if command in (None, "report"):
+        from . import report_merge
+        report_merge.add_arguments(merge)
+    if command in (None, "shell"):
+        from .interactive import add_guest_arguments
+        add_guest_arguments(shell)
     return parser
 
 
@@ -217,6 +229,7 @@ def _shell_on_failure(reporter, result, target):
     sys.stdout.write("\r\033[K")  # the live status line
     sys.stdout.flush()
     name = f"{target.vm.name}/{target.tid}" if isinstance(target, Worker) else target.name
+    from . import shell
     try:
         with deadline.suspended():  # the test's deadline does not hurry the person at the terminal
             shell.attach(target, prompt=f"{name}:\\w\\$ ")
@@ -225,6 +238,8 @@ def _shell_on_failure(reporter, result, target):
 
 
 def cmd_shell(args):
+    from . import shell
+    from .interactive import Guest, Terminated
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise ConfigError("provium shell needs a terminal: standard input and output are not one")
     try:
@@ -333,9 +348,11 @@ def cmd_profiles(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(next((arg for arg in argv if not arg.startswith("-")), None)).parse_args(argv)
     try:
         if args.command == "cache":
+            from . import cache_admin
             return cache_admin.main(args)
         if args.command == "fixtures":
             return cmd_fixtures(args)
@@ -344,8 +361,10 @@ def main(argv=None):
         if args.command == "profiles":
             return cmd_profiles(args)
         if args.command == "repl":
+            from . import repl
             return repl.main(args)
         if args.command == "report":
+            from . import report_merge
             return report_merge.main(args)
         if args.command == "shell":
             return cmd_shell(args)
