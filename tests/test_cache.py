@@ -307,3 +307,40 @@ def test_add_arguments_gives_info_and_prune(tmp_path):
     assert parser.parse_args(["info"]).action == "info"
     with pytest.raises(SystemExit):
         parser.parse_args([])
+
+
+def test_remember_answers_from_memory_until_a_file_changes_and_copes_with_an_unwritable_memory(tmp_path):
+    source, other = tmp_path / "source", tmp_path / "other"
+    source.write_text("one")
+    other.write_text("x")
+    time.sleep(2.1)  # remember() keeps nothing about a file changed (its ctime) in the last 2 s
+    cache = Cache(tmp_path / "cache")
+    calls = []
+
+    def answer():
+        calls.append(1)
+        return source.read_text()
+
+    assert cache.remember("q", [source], answer) == "one"
+    assert cache.remember("q", [source], answer) == "one"
+    assert len(calls) == 1  # the second answer came from memory
+    source.write_text("two!")
+    assert cache.remember("q", [source], answer) == "two!"
+    assert len(calls) == 2
+
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "memo").write_text("a file where the memory's directory would be")
+    for _ in range(2):
+        assert Cache(blocked).remember("q", [other], lambda: calls.append(1) or 7) == 7
+    assert len(calls) == 4  # worked out each time, and no error
+
+
+def test_remember_does_not_keep_an_answer_about_a_file_changed_just_now(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    source = tmp_path / "source"
+    source.write_text("fresh")
+    calls = []
+    for _ in range(2):
+        assert cache.remember("q", [source], lambda: calls.append(1) or "fresh") == "fresh"
+    assert len(calls) == 2  # changed under 2 s ago: the same tick could hide a second change
