@@ -9,6 +9,7 @@
 #include "proto.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,7 +40,12 @@ static int send_direct(struct conn *c, uint16_t chan, const struct mp_buf *b)
 	uint8_t frame[PORT_WRITE_MAX];
 	int ret = -1;
 
+	struct pollfd router = { .fd = c->fd, .events = 0 };
+
 	if (!c->share || chan == CHAN_ROUTER || b->len > sizeof(frame) - FRAME_HEADER)
+		return -1;
+	/* The router is gone (the agent restarts): the frame goes its way and fails, and the worker ends */
+	if (poll(&router, 1, 0) != 0)
 		return -1;
 	frame_header(frame, chan, (uint32_t)b->len);
 	memcpy(frame + FRAME_HEADER, b->data, b->len);

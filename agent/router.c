@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -37,12 +38,16 @@
 /* ---- the main worker ---- */
 
 /* The forked worker process of slot: keep only the socket (as fd 3), the port (as PORT_FD) and stderr. */
-static void __attribute__((noreturn)) worker_process(const struct router *r, int fd, int slot)
+static void __attribute__((noreturn)) worker_process(const struct router *r, int fd, int slot, pid_t router)
 {
 	struct worker *w;
 	sigset_t none;
 	int sock, port;
 
+	/* Dies with the router: it holds the port too, and a new router cannot open the port while it does */
+	(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != router)
+		_exit(0);
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	/* SIGPIPE stays ignored: a write to a dead router fails and the worker ends */
@@ -81,7 +86,7 @@ static int start_worker(struct router *r)
 {
 	struct wslot *s = slot_unused(&r->slots);
 	int sv[2], err;
-	pid_t pid;
+	pid_t pid, router;
 
 	if (!s) {
 		errno = EAGAIN;
@@ -96,9 +101,10 @@ static int start_worker(struct router *r)
 		return -1;
 	}
 	port_slot_opened(r, s);
+	router = getpid();
 	pid = fork();
 	if (pid == 0)
-		worker_process(r, sv[1], (int)(s - r->slots.w));
+		worker_process(r, sv[1], (int)(s - r->slots.w), router);
 	err = errno;
 	close(sv[1]);
 	if (pid < 0) {
