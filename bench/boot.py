@@ -8,8 +8,9 @@ first command (an echo into the kernel's log) has answered.
 The breakdown puts each boot on the host's clock. The kernel log's time stamp
 of that first command says when, on the host's clock, the kernel's log clock
 read 0; its stamp of "Run /init" then says when /init started; the host saw
-the agent's hello. So: provium (image lookups) -> QEMU launched -> QEMU and the
-early kernel until the log clock's 0 -> the kernel by its log clock -> /init to
+the agent's hello. So: boot() called (the images are looked up once per
+process: ~0 ms here) -> QEMU and the early kernel until the log clock's 0 ->
+the kernel by its log clock -> /init to
 the agent's hello -> the first command answered. Under TCG the log clock starts
 late and stands still while the kernel patches its own code (alternatives), so
 that time falls in the QEMU column: QEMU itself prints a kernel's first line
@@ -23,13 +24,13 @@ import re
 import statistics
 import time
 
-from provium import config, qemu
+from provium import config
 from provium.cache import Cache
 from provium.vm import Vm, accelerator
 
 TARGET = 1.0  # seconds, the stock kernel's cold boot to a first command result (1 vCPU)
 CONFIGS = [("256M, 1 vCPU", "256M", 1), ("256M, 2 vCPUs", "256M", 2), ("1G, 2 vCPUs", "1G", 2)]
-PHASES = ("provium", "QEMU+early", "kernel log", "/init to agent", "first command")
+PHASES = ("QEMU+early", "kernel log", "/init to agent", "first command")
 MARK = b"provium-bench-first-command"
 RUN_INIT = re.compile(rb"\[\s*(\d+\.\d+)\] Run /init as init process")
 INITCALL = re.compile(rb"\[\s*(\d+\.\d+)\] (?:initcall|probe of) (\S+) returned \S+ after (\d+) usecs")
@@ -41,19 +42,6 @@ class Boot:
     first: float     # ... to the first command's answer
     phases: tuple    # seconds per PHASES entry
     dmesg: bytes
-
-
-def launches(original=qemu.QemuMachine.launch):
-    """Note when each QEMU process is launched (in launched[-1])."""
-    def launch(machine, *args, **kwargs):
-        launched.append(time.monotonic())
-        return original(machine, *args, **kwargs)
-    launched = []
-    qemu.QemuMachine.launch = launch
-    return launched
-
-
-LAUNCHED = launches()
 
 
 def cold_boot(profile, cache, memory, cpus) -> Boot:
@@ -70,8 +58,7 @@ def cold_boot(profile, cache, memory, cpus) -> Boot:
     # the guest kernel's clock 0 on the host's clock, to the reply's latency
     clock0 = done - float(re.search(rb"\[\s*(\d+\.\d+)\] " + MARK, dmesg).group(1))
     run_init = float(RUN_INIT.search(dmesg).group(1))
-    launched = LAUNCHED[-1]
-    phases = (launched - started, clock0 - launched, run_init, ready - clock0 - run_init, done - ready)
+    phases = (clock0 - started, run_init, ready - clock0 - run_init, done - ready)
     return Boot(ready - started, done - started, phases, dmesg)
 
 

@@ -107,14 +107,13 @@ def check(profile: Profile, cache: Cache) -> None:
         tree = kernels.resolve(profile, cache)
     except ImageError as exc:
         raise ConfigError(f"{profile.where('kernel')}: {exc}") from None
-    if profile.modules or profile.available_modules:
-        _modules(profile, tree.modules_dir, cache)
+    check_modules(profile, tree.modules_dir, cache)
 
 
-def check_modules(profile: Profile, modules_dir: Path) -> None:
+def check_modules(profile: Profile, modules_dir: Path, cache: Cache) -> None:
     """Raise ConfigError when a name in the profile's modules or available_modules is not in the tree."""
     if profile.modules or profile.available_modules:
-        _module_lists(profile, modules_dir)
+        _modules(profile, modules_dir, cache)
 
 
 @functools.lru_cache(maxsize=None)

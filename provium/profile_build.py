@@ -82,7 +82,7 @@ class Preparer:
         except ProviumError as exc:
             raise ConfigError(f"{where}: kernel: {exc}") from None
         if not profile.kernel_at_hand:  # module names could not be checked before the kernel was here
-            images.check_modules(profile, tree.modules_dir)
+            images.check_modules(profile, tree.modules_dir, self.cache)
         # a kernel the cache holds is named by its place in the cache, which travels with it
         image = tree.image.relative_to(self.cache.root) if tree.image.is_relative_to(self.cache.root) else tree.image
         build_dir = self.cache.root / "builds" / digest(str(profile.root), profile.name, tree.release, str(image))
