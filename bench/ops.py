@@ -37,6 +37,7 @@ SYS_GETPID = 39
 FLOOR_SOURCE = Path(__file__).with_name("guest_floor.c")
 FLOOR_BATCH = 20          # spawns timed in the guest per sample
 STREAM_PORT = "bench.raw"
+STREAM_TIMEOUT = 60  # seconds a stream may stall before the run fails instead of hanging
 CPU_TARGET = 50e-6
 
 
@@ -71,6 +72,7 @@ class RawPort:
         self.vm = vm
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.connect(str(socket_path))
+        self.sock.settimeout(STREAM_TIMEOUT)
         self.buf = bytearray(MIB)
         self.device = vm.exec(
             f"for d in /sys/class/virtio-ports/*; do [ \"$(cat $d/name)\" = {STREAM_PORT} ] && "
@@ -93,8 +95,10 @@ class RawPort:
 
     def to_guest(self, size: int) -> float:
         # busybox head reads 16 MiB from a port at 22 MiB/s; dd in 64 KiB blocks at ~500 MiB/s
-        job = self.vm.background(f"echo > {self.device}; dd if={self.device} of=/dev/null bs=64k "
-                                 f"count={size // 65536} iflag=fullblock 2>/dev/null; echo > {self.device}")
+        # The port stays open from the first mark to the last: bytes that reach a closed port are dropped,
+        # so a reader that closed and reopened it could miss the start of the stream and wait forever.
+        job = self.vm.background(f"exec 3<>{self.device}; echo >&3; dd of=/dev/null bs=64k "
+                                 f"count={size // 65536} iflag=fullblock <&3 2>/dev/null; echo >&3")
         self.sock.recv(1)  # the reader is there
         started = time.perf_counter()
         self.sock.sendall(b"\x5a" * size)
