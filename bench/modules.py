@@ -46,8 +46,8 @@ def boot_once(profile_name, suite):
     started = time.monotonic()
     initrd = images.prepare(profile, cache).initrd
     lookup = time.monotonic() - started
-    ready, first = cold_boot(profile, cache, MEMORY, 1)
-    print(json.dumps({"lookup": lookup, "ready": ready, "first": first, "initrd": initrd.stat().st_size}))
+    boot = cold_boot(profile, cache, MEMORY, 1)
+    print(json.dumps({"lookup": lookup, "ready": boot.ready, "first": boot.first, "initrd": initrd.stat().st_size}))
 
 
 def run_driver(tree, profile_name, suite):
