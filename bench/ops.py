@@ -19,6 +19,7 @@ reply received and unpacked, on the same socket).
 """
 
 import argparse
+import shutil
 import socket
 import statistics
 import subprocess
@@ -207,6 +208,7 @@ def main(argv=None):
     finally:
         port.close()
         vm.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
     median = {name: statistics.median(runs) for name, runs in samples.items()}
     # op: (its limit, the target ratio)
     limits = {

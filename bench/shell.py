@@ -8,6 +8,7 @@ fixture is built once before measuring.
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,18 +54,21 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
     suite = Path(tempfile.mkdtemp(prefix="provium-bench-shell-"))
-    (suite / "fixtures").mkdir()
-    (suite / "fixtures" / "shell.lua").write_text(FIXTURE + f"-- {suite}\n")
-    subprocess.run([sys.executable, "-m", "provium", "fixtures", "build", "shell"], cwd=suite, check=True,
-                   capture_output=True)
-    cold, resumed, echo = [], [], []
-    for _ in range(args.runs):
-        ready, key = to_prompt(suite)
-        cold.append(ready)
-        echo.append(key)
-        ready, key = to_prompt(suite, "--fixture", "shell")
-        resumed.append(ready)
-        echo.append(key)
+    try:
+        (suite / "fixtures").mkdir()
+        (suite / "fixtures" / "shell.lua").write_text(FIXTURE + f"-- {suite}\n")
+        subprocess.run([sys.executable, "-m", "provium", "fixtures", "build", "shell"], cwd=suite, check=True,
+                       capture_output=True)
+        cold, resumed, echo = [], [], []
+        for _ in range(args.runs):
+            ready, key = to_prompt(suite)
+            cold.append(ready)
+            echo.append(key)
+            ready, key = to_prompt(suite, "--fixture", "shell")
+            resumed.append(ready)
+            echo.append(key)
+    finally:
+        shutil.rmtree(suite, ignore_errors=True)
     cold_s, resumed_s = statistics.median(cold), statistics.median(resumed)
     print(f"provium shell, {args.runs} runs each (medians)")
     print(f"{'cold: provium shell -> first prompt':<48} {cold_s:8.2f} s")
