@@ -25,7 +25,7 @@ from .guest import GuestOps, Worker
 from .host_files import HostFiles, display_name
 from .profile_build import Prepared, Preparer
 from .results import DETAIL_KEYS, Outcome, TestResult
-from .test_run import TestRun, TestSpec, stop
+from .test_run import TestRun, TestSpec
 from .config import RunSettings
 from .vm import Disk, Timeouts, Vm, accelerator, format_console_tail
 
@@ -114,7 +114,6 @@ class LuaFile:
         self.files = HostFiles(self.path, config.root, options.scratch, fixture=snapshot_root is not None,
                                build_dir=lambda name: self._profile(name).build_dir, listing=options.collect_only)
         self.vms: dict[int, Vm] = {}
-        self.clones: set[int] = set()  # the handles of fixture clones: nothing of them outlives them
         self.workers: dict[int, GuestOps] = {}
         self._next_handle = 1
         self._test: TestRun | None = None
@@ -306,8 +305,6 @@ class LuaFile:
         vm = self.fixtures.clone(name, snapshot_dir=self._snapshot_dir(handle))
         if self.snapshot_root:
             self.fixture_deps[name] = self.fixtures.entry(name).identity
-        else:
-            self.clones.add(handle)
         return self._add_vm(handle, vm)
 
     def _boot(self, handle: int, memory, cpus, files, disks) -> None:
@@ -346,10 +343,8 @@ class LuaFile:
         self._stop([h for h in handles if h in self.vms])
 
     def _stop(self, handles) -> None:
-        """Stop the VMs `handles`: a fixture clone is killed, any other powered off (its guest syncs the disks
-        it writes)."""
         for handle in handles:
-            stop(self.vms[handle], handle in self.clones)
+            self.vms[handle].shutdown()
 
     # ------------------------------------------------------------ tests
 
@@ -382,7 +377,7 @@ class LuaFile:
         self._report(result)
         if result.outcome.failed and not test.expired and self.options.on_failure is not None:
             self.options.on_failure(result, self._last_used(test))
-        test.release(self.vms, [self.vms[h] for h in stuck], self.clones)
+        test.release(self.vms, [self.vms[h] for h in stuck])
         killed = stuck if test.expired else []
         for handle in [*test.vms, *killed]:
             vm = self.vms.pop(handle, None)

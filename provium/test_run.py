@@ -113,15 +113,15 @@ class TestRun:
         result.duration = time.monotonic() - self.started
         return result
 
-    def release(self, vms: dict[int, Vm], stuck: list[Vm], clones: set[int]) -> None:
-        """Stop the VMs the test made (`clones`: the handles of fixture clones, see stop()); after a timeout
-        the guests are in an unknown state: kill them, and those the test was stuck in (`stuck`)."""
-        mine = [h for h in self.vms if h in vms]
+    def release(self, vms: dict[int, Vm], stuck: list[Vm]) -> None:
+        """Stop the VMs the test made; after a timeout the guests are in an unknown state: kill them, and
+        those the test was stuck in (`stuck`)."""
+        mine = [vms[h] for h in self.vms if h in vms]
         if self.expired:
-            for vm in [vms[h] for h in mine] + stuck:
+            for vm in mine + stuck:
                 vm.kill()
-        for handle in mine:
-            stop(vms[handle], handle in clones)
+        for vm in mine:
+            vm.shutdown()
 
     def charge_findings(self, result: TestResult, vms, check_leaks: bool) -> TestResult:
         """The result with what the kernel says on top of the test's own outcome: a passed or skipped test
@@ -187,13 +187,3 @@ def leaks(vms, check: bool) -> list[str]:
         for vm in armed:
             vm.leak_since = None
 
-
-def stop(vm: Vm, clone: bool) -> None:
-    """Stop a VM at the end of its test or file. A fixture clone is killed: nothing of it outlives it (its RAM
-    is a private copy-on-write map of the snapshot's, its disks are overlays in its own directory), and
-    powering its guest off first would only cost time (~30 ms under TCG). Any other is powered off, so that
-    its guest syncs the disks it writes."""
-    if clone:
-        vm.kill()
-    else:
-        vm.shutdown()
